@@ -1,0 +1,54 @@
+"""Read the tidy metrics of runs, with each run's config values as extra columns.
+
+>>> from analysis import read_runs
+>>> df = read_runs("runs/out/demo-20261125-170000")    # a sweep folder or a single run
+>>> df[df.metric == "product_consensus"].pivot_table(
+...     index="round", columns="algorithm.name", values="value")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run folder (one holding config.yaml and metrics.parquet) under ``root``."""
+    root = Path(root)
+    return sorted(
+        p.parent for p in root.rglob("metrics.parquet") if (p.parent / "config.yaml").exists()
+    )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, (dict, list)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_run(run_dir: str | Path, config_columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """Metrics of one run plus its config values (all scalar ones, or those named)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.parquet").exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no metrics.parquet: is it a run folder?")
+    frame = pd.read_parquet(run_dir / "metrics.parquet")
+    cfg = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    if config_columns is not None:
+        cfg = {k: cfg[k] for k in config_columns}
+    frame = frame.assign(run=run_dir.name, **cfg)
+    return frame.sort_values(["round", "metric", "node"], kind="stable").reset_index(drop=True)
+
+
+def read_runs(*roots: str | Path, config_columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """All runs under the given folders in one long frame."""
+    dirs = [d for r in roots for d in find_runs(r)]
+    if not dirs:
+        raise FileNotFoundError(f"no run folders under {[str(r) for r in roots]}")
+    return pd.concat([read_run(d, config_columns) for d in dirs], ignore_index=True)

@@ -1,0 +1,37 @@
+"""The five methods of the DeCAF paper, one file each, behind :class:`Algorithm`."""
+
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.decaf import DeCAF
+from decaf_ray.algorithms.dlora import DLoRA
+from decaf_ray.algorithms.dlora_fa import DLoRAFA
+from decaf_ray.algorithms.fedavg import FedAvg
+from decaf_ray.algorithms.local import Local
+from decaf_ray.config import AlgorithmConfig
+
+REGISTRY: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (Local, FedAvg, DLoRA, DLoRAFA, DeCAF)
+}
+
+
+def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
+    """The algorithm named in ``cfg``; ValueError naming the bad name otherwise."""
+    if cfg.name not in REGISTRY:
+        raise ValueError(f"unknown algorithm {cfg.name!r}; choose one of {sorted(REGISTRY)}")
+    if cfg.name == "decaf":
+        return DeCAF(sv_split=cfg.sv_split, reset_moments=cfg.reset_moments)
+    return REGISTRY[cfg.name]()
+
+
+__all__ = [
+    "Adapter",
+    "Algorithm",
+    "Inbox",
+    "mix_adapters",
+    "make_algorithm",
+    "REGISTRY",
+    "Local",
+    "FedAvg",
+    "DLoRA",
+    "DLoRAFA",
+    "DeCAF",
+]

@@ -1,0 +1,90 @@
+"""What every algorithm shares: the adapter message and the two hooks the engine calls.
+
+An algorithm is pure numpy. The engine asks it what a node sends (:meth:`Algorithm.message`)
+and how a node combines what arrived (:meth:`Algorithm.combine`); a server-based algorithm also
+says how the server aggregates (:meth:`Algorithm.aggregate`). Nothing here knows about Ray,
+hosts or schedules, so the same code serves synchronous and asynchronous runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decaf_ray.math import interference_norm, mix
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One node's trainable state, or the part of it that travels.
+
+    A[m]: (r, k) and B[m]: (d, r) per adapted module m; ``extra`` holds the other trainable
+    tensors (the classification head), which every decentralized method averages plainly.
+    """
+
+    A: dict[str, np.ndarray]
+    B: dict[str, np.ndarray]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for part in (self.A, self.B, self.extra) for x in part.values())
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.B)
+
+
+Inbox = Sequence[tuple[float, Adapter]]  # (mixing weight, message), the node's own included
+
+
+def mix_adapters(inbox: Inbox, own: Adapter) -> Adapter:
+    """Weighted average of each tensor; a tensor absent from the messages keeps ``own``'s."""
+    w = [wj for wj, _ in inbox]
+
+    def part(name: str) -> dict[str, np.ndarray]:
+        mine = getattr(own, name)
+        out = {}
+        for key, value in mine.items():
+            if all(key in getattr(msg, name) for _, msg in inbox):
+                out[key] = mix(w, [getattr(msg, name)[key] for _, msg in inbox])
+            else:
+                out[key] = value
+        return out
+
+    return Adapter(A=part("A"), B=part("B"), extra=part("extra"))
+
+
+def interference(inbox: Inbox, own: Adapter) -> float:
+    """Sum over modules of ||P_i - B_bar A_bar||_F: what averaging factors separately misses."""
+    w = [wj for wj, _ in inbox]
+    total = 0.0
+    for m in own.modules:
+        Bs = [msg.B[m] for _, msg in inbox]
+        As = [msg.A.get(m, own.A[m]) for _, msg in inbox]
+        total += interference_norm(Bs, As, w)
+    return total
+
+
+class Algorithm:
+    """Base hooks; subclasses override what differs. Defaults describe factor averaging."""
+
+    name = "base"
+    communicates = True  # False: no messages at all (local training)
+    uses_server = False  # True: a server aggregates all messages (fedavg)
+    trains_A = True  # False: A stays frozen at its shared initial value (dlora_fa)
+    resets_moments = False  # True: zero the optimizer moments of A and B after combining
+
+    def message(self, adapter: Adapter) -> Adapter:
+        """What a node sends its neighbours after local training."""
+        return adapter
+
+    def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
+        """New state of a node from its own state and the weighted messages it received."""
+        raise NotImplementedError(f"{type(self).__name__} must define combine")
+
+    def aggregate(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> Adapter:
+        """Server step for server-based algorithms."""
+        raise TypeError(f"{self.name} has no server step")

@@ -1,0 +1,155 @@
+"""The one module that makes hosts into Ray actors, places them, and moves refs between them.
+
+- :func:`connect` starts a local Ray (or joins a cluster at an address).
+- :class:`HostActor` is :class:`~decaf_ray.host.Host` plus object-store plumbing: after local
+  training each node's adapter is ``ray.put`` by its own host; combining fetches the
+  neighbours' messages straight from the object store. The driver only passes references.
+- :class:`HostPool` keeps hosts (and their loaded base model) warm across runs of a sweep and
+  across tests; hosts are spread over the cluster's machines and pinned to GPUs when any exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from decaf_ray.host import Host, HostSpec, RunSpec, Shard
+
+
+class HostError(RuntimeError):
+    """A host actor failed; the message names the hosts' nodes and the round."""
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Make sure Ray is up; return True when this call started it (and should stop it)."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for local runs
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+class _RayHost(Host):
+    """Host methods that speak in object references."""
+
+    def where(self) -> dict[str, Any]:
+        """Which Ray node and device this host runs on."""
+        ctx = ray.get_runtime_context()
+        return {
+            "ray_node": ctx.get_node_id(),
+            "device": str(self.device),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
+        }
+
+    def setup_from(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
+        return self.setup(run, shards, eval_set)
+
+    def train_publish(self, round_idx: int, lr: float) -> dict[int, dict[str, Any]]:
+        """Train every node; put each adapter (and message, if different) in the store."""
+        out = {}
+        for i, res in self.train(round_idx, lr).items():
+            state_ref = ray.put(res.adapter)
+            msg_ref = state_ref if res.message is res.adapter else ray.put(res.message)
+            out[i] = {
+                "loss": res.loss,
+                "train_s": res.train_s,
+                "state": state_ref,
+                "message": msg_ref,
+                "message_bytes": res.message.nbytes,
+            }
+        return out
+
+    def combine_refs(self, plan: dict[int, list[tuple[float, Any]]]) -> dict[str, Any]:
+        """Fetch the messages named in ``plan`` (node -> [(weight, ref)]) and combine."""
+        t0 = time.perf_counter()
+        refs = list({id(ref): ref for entries in plan.values() for _, ref in entries}.values())
+        values = dict(zip((id(r) for r in refs), ray.get(refs)))
+        fetch_s = time.perf_counter() - t0
+        inboxes = {i: [(w, values[id(ref)]) for w, ref in entries] for i, entries in plan.items()}
+        nodes = {}
+        for i, res in self.combine(inboxes).items():
+            nodes[i] = {
+                "stats": res.stats,
+                "combine_s": res.combine_s,
+                "state": ray.put(res.adapter),
+            }
+        return {"fetch_s": fetch_s, "nodes": nodes}
+
+
+HostActor = ray.remote(_RayHost)
+
+
+class HostPool:
+    """Warm host actors, keyed by their spec; asks for more only when a run needs them."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[tuple, list[Any]] = {}
+
+    def get(self, spec: HostSpec, count: int, gpus_per_host: float | None = None) -> list[Any]:
+        cpus = min(float(spec.threads), max(cluster_cpus() / count, 0.01))
+        gpus = gpus_per_host
+        if gpus is None:
+            total = cluster_gpus() if spec.device != "cpu" else 0.0
+            gpus = min(1.0, total / count) if total else 0.0
+        key = (spec, round(cpus, 4), gpus)
+        hosts = self._hosts.setdefault(key, [])
+        while len(hosts) < count:
+            options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
+            if gpus:
+                options["num_gpus"] = gpus
+            hosts.append(HostActor.options(**options).remote(spec))
+        return hosts[:count]
+
+    def clear(self) -> None:
+        for hosts in self._hosts.values():
+            for h in hosts:
+                ray.kill(h)
+        self._hosts = {}
+
+
+def gather(refs: list[Any], what: str, round_idx: int, host_nodes: list[list[int]]) -> list[Any]:
+    """``ray.get`` the results of one call per host, turning a failure into a HostError."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        for k, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except ray.exceptions.RayError as inner:
+                raise HostError(
+                    f"{what} failed in round {round_idx} on the host of nodes {host_nodes[k]}: "
+                    f"{inner}"
+                ) from exc
+        raise HostError(f"{what} failed in round {round_idx}: {exc}") from exc
+
+
+def get(refs: Any) -> Any:
+    return ray.get(refs)
+
+
+def put(value: Any) -> Any:
+    return ray.put(value)

@@ -1,0 +1,356 @@
+"""One typed run config: nested frozen dataclasses, loaded from YAML, overridden with ``--set``.
+
+``load_config(path, overrides)`` reads the YAML, applies ``key.sub=value`` overrides, builds the
+dataclasses and validates everything once, raising a single :class:`ConfigError` that lists every
+problem found. ``to_dict`` turns a config back into plain data, saved beside the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+ALGORITHMS = ("local", "fedavg", "dlora", "dlora_fa", "decaf")
+TOPOLOGIES = (
+    "ring",
+    "complete",
+    "two_hubs",
+    "star",
+    "torus",
+    "erdos_renyi",
+    "random_regular",
+    "watts_strogatz",
+    "exponential",
+    "file",
+)
+MIXING_RULES = ("uniform", "metropolis_hastings", "max_degree", "laplacian", "edge_weights")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message lists every problem and how to fix it."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: Literal["local", "fedavg", "dlora", "dlora_fa", "decaf"] = "decaf"
+    sv_split: Literal["balanced", "all_in_B"] = "balanced"  # decaf: how S is shared by B and A
+    reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    name: str = "ring"
+    n: int = 8
+    mixing: str = "uniform"
+    path: str | None = None  # edge list or GraphML file, for name: file
+    params: dict[str, Any] = field(default_factory=dict)  # builder options (p, degree, seed...)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["bbcnews", "file", "datasets"] = "bbcnews"
+    path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_samples: int | None = 1000  # stratified subsample of the whole set before splitting
+    test_fraction: float = 0.2
+    eval_samples: int | None = 200  # held-out rows each evaluation uses
+    partition: Literal["iid", "dirichlet", "classes"] = "dirichlet"
+    alpha: float = 0.5  # Dirichlet concentration; small = strong label skew
+    classes_per_node: int = 2
+    max_length: int = 64  # tokens per text
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["minilm", "tiny-bert", "path"] = "minilm"
+    path: str | None = None  # any transformers model directory, for name: path
+    target_modules: tuple[str, ...] = ("query", "value")
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    same_init: bool = True  # every node starts from the same A (B is zero)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rounds: int = 10
+    local_steps: int = 2  # tau: optimizer steps between exchanges
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 5  # evaluate every k rounds (and always after the last one)
+    batch_size: int = 64
+    network_average: bool = True  # also evaluate the model with the average of all nodes' updates
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None = None  # None: start a local Ray; "auto" or HOST:PORT: join a cluster
+    nodes_per_actor: int | None = None  # None: spread nodes over one host per CPU
+    threads_per_host: int = 1
+    num_cpus: int | None = None  # CPUs for a local cluster (None: all)
+    gpus_per_host: float | None = None  # None: share the cluster's GPUs evenly, if any
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs/out"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    # Optional sweep: dotted key -> list of values; each combination is one run.
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from a mapping, collecting type problems into ``problems``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'config'}: expected a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            prefix = f"{where}." if where else ""
+            problems.append(f"unknown key '{prefix}{key}'; known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        path = f"{where}.{f.name}" if where else f.name
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], path, problems)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path, problems)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            problems.append(f"{path}={value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}={value!r} should be a list")
+            return ()
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}={value!r} should be a mapping")
+            return {}
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if (
+        tp in (int, float, str, bool)
+        and not isinstance(value, tp)
+        or (tp is int and isinstance(value, bool))
+    ):
+        problems.append(f"{path}={value!r} should be of type {tp.__name__}")
+    return value
+
+
+def _validate(cfg: RunConfig) -> list[str]:
+    """Checks of values that types alone cannot express."""
+    p: list[str] = []
+    if cfg.algorithm.name not in ALGORITHMS:
+        p.append(f"algorithm.name={cfg.algorithm.name!r} is unknown; choose one of {ALGORITHMS}")
+    if cfg.topology.name not in TOPOLOGIES:
+        p.append(f"topology.name={cfg.topology.name!r} is unknown; choose one of {TOPOLOGIES}")
+    if cfg.topology.mixing not in MIXING_RULES:
+        p.append(
+            f"topology.mixing={cfg.topology.mixing!r} is unknown; choose one of {MIXING_RULES}"
+        )
+    if cfg.topology.name == "file" and not cfg.topology.path:
+        p.append("topology.name='file' needs topology.path (an edge list or GraphML file)")
+    if cfg.topology.name != "file" and cfg.topology.n < 1:
+        p.append(f"topology.n={cfg.topology.n} must be at least 1")
+    if cfg.data.source in ("file", "datasets") and not cfg.data.path:
+        p.append(f"data.source={cfg.data.source!r} needs data.path")
+    if not 0.0 < cfg.data.test_fraction < 1.0:
+        p.append(f"data.test_fraction={cfg.data.test_fraction} must lie strictly between 0 and 1")
+    if cfg.data.alpha <= 0:
+        p.append(f"data.alpha={cfg.data.alpha} must be positive")
+    for key in ("max_samples", "eval_samples"):
+        v = getattr(cfg.data, key)
+        if v is not None and v < 1:
+            p.append(f"data.{key}={v} must be positive (or null for all)")
+    if cfg.data.max_length < 8:
+        p.append(f"data.max_length={cfg.data.max_length} is too short; use at least 8 tokens")
+    if cfg.model.name == "path" and not cfg.model.path:
+        p.append("model.name='path' needs model.path (a transformers model directory)")
+    if cfg.model.r < 1:
+        p.append(f"model.r={cfg.model.r} must be at least 1")
+    if not cfg.model.target_modules:
+        p.append(
+            "model.target_modules is empty; name the linear layers to adapt, e.g. [query, value]"
+        )
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        p.append(f"model.dropout={cfg.model.dropout} must lie in [0, 1)")
+    for key in ("rounds", "local_steps", "batch_size"):
+        v = getattr(cfg.train, key)
+        if v < 1:
+            p.append(f"train.{key}={v} must be at least 1")
+    if cfg.train.lr <= 0:
+        p.append(f"train.lr={cfg.train.lr} must be positive")
+    if cfg.eval.every < 1:
+        p.append(f"eval.every={cfg.eval.every} must be at least 1")
+    if cfg.cluster.nodes_per_actor is not None and cfg.cluster.nodes_per_actor < 1:
+        p.append(f"cluster.nodes_per_actor={cfg.cluster.nodes_per_actor} must be at least 1")
+    if cfg.cluster.threads_per_host < 1:
+        p.append(f"cluster.threads_per_host={cfg.cluster.threads_per_host} must be at least 1")
+    if cfg.cluster.gpus_per_host is not None and cfg.cluster.gpus_per_host < 0:
+        p.append(f"cluster.gpus_per_host={cfg.cluster.gpus_per_host} must be >= 0")
+    if cfg.algorithm.name == "fedavg" and cfg.topology.name != "complete":
+        pass  # fedavg ignores the graph: a server talks to every node
+    return p
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML) into (["a", "b", "c"], value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"malformed --set {text!r}: write KEY=VALUE with a dotted key, e.g. train.lr=1e-4"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed --set {text!r}: the value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> dict:
+    """Return a copy of nested dict ``data`` with ``keys`` set to ``value``."""
+    out = dict(data)
+    if len(keys) == 1:
+        out[keys[0]] = value
+        return out
+    inner = out.get(keys[0]) or {}
+    if not isinstance(inner, dict):
+        raise ConfigError(f"cannot set {'.'.join(keys)}: '{keys[0]}' is not a section")
+    out[keys[0]] = apply_override(inner, keys[1:], value)
+    return out
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(RunConfig, data, "", problems)
+    if not problems:
+        problems = _validate(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML at ``path`` (or defaults when None), apply ``--set`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; see runs/*.yaml for examples")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    for text in overrides:
+        keys, value = parse_override(text)
+        data = apply_override(data, keys, value)
+    return config_from_dict(data)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config (tuples become lists), fit for YAML."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def expand_sweep(cfg: RunConfig) -> list[RunConfig]:
+    """One config per combination of ``cfg.sweep`` values (the sweep itself is cleared)."""
+    import itertools
+
+    base = to_dict(cfg)
+    base["sweep"] = {}
+    if not cfg.sweep:
+        return [cfg]
+    keys = list(cfg.sweep)
+    for k in keys:
+        if not isinstance(cfg.sweep[k], list) or not cfg.sweep[k]:
+            raise ConfigError(f"sweep.{k} must be a non-empty list of values")
+    runs = []
+    for values in itertools.product(*(cfg.sweep[k] for k in keys)):
+        data = base
+        for k, v in zip(keys, values):
+            data = apply_override(data, k.split("."), v)
+        label = "-".join(str(v) for v in values)
+        data = apply_override(data, ["name"], f"{cfg.name}-{label}")
+        runs.append(config_from_dict(data))
+    return runs
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,262 @@
+"""A host: one frozen base model serving many simulated nodes.
+
+A plain Python class (``decaf_ray.cluster`` turns it into a Ray actor). It builds the peft
+model once; each node it carries owns its LoRA factors and head as ``nn.Parameter`` objects,
+its AdamW state, its batch sampler and its data shard. Training node i swaps i's parameters
+into the shared model (:class:`~decaf_ray.model.ParamSlots`), runs the local steps, and leaves
+them there; nothing is copied. Results travel as numpy :class:`~decaf_ray.algorithms.Adapter`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from decaf_ray.algorithms import Adapter, Inbox, make_algorithm
+from decaf_ray.config import AlgorithmConfig, ModelConfig, TrainConfig
+from decaf_ray.model import ParamSlots, build_peft_model
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Tokenised examples: input_ids (n, L) int32, attention_mask (n, L) int8, labels (n,)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Everything that fixes a host's base model; hosts with equal specs are interchangeable."""
+
+    model: ModelConfig
+    num_labels: int
+    seed: int
+    threads: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Per-run settings a host needs besides its base model."""
+
+    algorithm: AlgorithmConfig
+    train: TrainConfig
+    eval_batch_size: int
+    same_init: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    train_s: float
+    adapter: Adapter  # full state after local steps
+    message: Adapter  # what the algorithm sends (may be ``adapter`` itself)
+
+
+@dataclass(frozen=True)
+class CombineResult:
+    stats: dict[str, float]
+    combine_s: float
+    adapter: Adapter  # state after combining
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed that depends on every part (seed, node, round...) and nothing else."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class _Node:
+    """The private state of one simulated node inside a host."""
+
+    def __init__(
+        self,
+        node_id: int,
+        params: dict[str, nn.Parameter],
+        shard: dict,
+        optimizer: torch.optim.Optimizer,
+        seed: int,
+    ) -> None:
+        self.node_id = node_id
+        self.params = params
+        self.shard = shard  # tensors on the host's device
+        self.optimizer = optimizer
+        self.rng = np.random.default_rng(derived_seed(seed, node_id, 7))
+        self._order = np.empty(0, dtype=np.int64)
+
+    def next_batch(self, batch_size: int) -> np.ndarray:
+        """Indices of the next batch: seeded epochs over the shard, without replacement."""
+        n = len(self.shard["labels"])
+        if len(self._order) < min(batch_size, n):
+            self._order = np.concatenate([self._order, self.rng.permutation(n)])
+        idx, self._order = self._order[:batch_size], self._order[batch_size:]
+        return idx
+
+
+class Host:
+    """Holds the shared base model and the nodes assigned to it."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        torch.set_num_threads(spec.threads)
+        use_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.spec = spec
+        self.model = build_peft_model(spec.model, spec.num_labels, spec.seed).to(self.device)
+        self.slots = ParamSlots(self.model)
+        self._initial = {k: p.detach().clone() for k, p in self.slots.current().items()}
+        self.nodes: dict[int, _Node] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
+        """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard)."""
+        self.run = run
+        self.algorithm = make_algorithm(run.algorithm)
+        self.eval_set = self._to_device(eval_set)
+        self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
+        return sorted(self.nodes)
+
+    def _to_device(self, shard: Shard) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": torch.tensor(shard.input_ids, dtype=torch.long, device=self.device),
+            "attention_mask": torch.tensor(
+                shard.attention_mask, dtype=torch.long, device=self.device
+            ),
+            "labels": torch.tensor(shard.labels, dtype=torch.long, device=self.device),
+        }
+
+    def _new_node(self, node_id: int, shard: Shard) -> _Node:
+        params = {k: nn.Parameter(v.clone()) for k, v in self._initial.items()}
+        if not self.run.same_init:
+            gen = torch.Generator().manual_seed(derived_seed(self.run.seed, node_id, 1))
+            for module in self.slots.modules:
+                A = params[f"{module}.A"]
+                bound = 1.0 / math.sqrt(A.shape[1])  # peft's kaiming_uniform(a=sqrt(5)) bound
+                A.data.copy_((torch.rand(A.shape, generator=gen) * 2 - 1) * bound)
+        trainable = []
+        for key, p in params.items():
+            frozen = key.endswith(".A") and not self.algorithm.trains_A
+            p.requires_grad_(not frozen)
+            if not frozen:
+                trainable.append(p)
+        opt = torch.optim.AdamW(
+            trainable, lr=self.run.train.lr, weight_decay=self.run.train.weight_decay
+        )
+        return _Node(node_id, params, self._to_device(shard), opt, self.run.seed)
+
+    # ------------------------------------------------------------------ state <-> numpy
+
+    def adapter(self, node_id: int) -> Adapter:
+        """A numpy copy of node ``node_id``'s trainable state."""
+        p = self.nodes[node_id].params
+        arr = {k: v.detach().to("cpu", copy=True).numpy() for k, v in p.items()}
+        mods = self.slots.modules
+        return Adapter(
+            A={m: arr[f"{m}.A"] for m in mods},
+            B={m: arr[f"{m}.B"] for m in mods},
+            extra={s.key: arr[s.key] for s in self.slots.extra},
+        )
+
+    def _load(self, node: _Node, adapter: Adapter) -> None:
+        with torch.no_grad():
+            for m in self.slots.modules:
+                node.params[f"{m}.A"].copy_(torch.from_numpy(adapter.A[m]))
+                node.params[f"{m}.B"].copy_(torch.from_numpy(adapter.B[m]))
+            for key, value in adapter.extra.items():
+                node.params[key].copy_(torch.from_numpy(value))
+
+    # ------------------------------------------------------------------ the three phases
+
+    def train(self, round_idx: int, lr: float) -> dict[int, TrainResult]:
+        """Run tau local steps on every node of this host, one node after another."""
+        return {i: self._train_node(node, round_idx, lr) for i, node in self.nodes.items()}
+
+    def _train_node(self, node: _Node, round_idx: int, lr: float) -> TrainResult:
+        t0 = time.perf_counter()
+        self.slots.install(node.params)
+        self.model.train()
+        torch.manual_seed(derived_seed(self.run.seed, node.node_id, round_idx))  # dropout
+        for group in node.optimizer.param_groups:
+            group["lr"] = lr
+        losses = []
+        for _ in range(self.run.train.local_steps):
+            idx = torch.as_tensor(node.next_batch(self.run.train.batch_size), device=self.device)
+            out = self.model(**_batch(node.shard, idx))
+            out.loss.backward()
+            node.optimizer.step()
+            node.optimizer.zero_grad(set_to_none=True)
+            losses.append(out.loss.detach())
+        loss = float(torch.stack(losses).mean())
+        adapter = self.adapter(node.node_id)
+        message = self.algorithm.message(adapter)
+        return TrainResult(loss, time.perf_counter() - t0, adapter, message)
+
+    def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
+        """Each listed node combines its (weight, message) inbox with the algorithm's rule."""
+        out = {}
+        for i, inbox in inboxes.items():
+            t0 = time.perf_counter()
+            node = self.nodes[i]
+            new, stats = self.algorithm.combine(self.adapter(i), inbox)
+            self._load(node, new)
+            if self.algorithm.resets_moments:
+                for key, p in node.params.items():
+                    if key.endswith((".A", ".B")):
+                        node.optimizer.state.pop(p, None)
+            out[i] = CombineResult(stats, time.perf_counter() - t0, new)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[int, tuple[float, float]]:
+        """(loss, accuracy) of every node's model on the held-out set."""
+        out = {}
+        for i, node in self.nodes.items():
+            self.slots.install(node.params)
+            out[i] = self._eval_installed()
+        return out
+
+    @torch.no_grad()
+    def evaluate_adapter(self, adapter: Adapter) -> tuple[float, float]:
+        """(loss, accuracy) of a model given as an adapter (any rank: e.g. the network mean)."""
+        params = {}
+        for m in self.slots.modules:
+            params[f"{m}.A"] = torch.as_tensor(adapter.A[m], device=self.device)
+            params[f"{m}.B"] = torch.as_tensor(adapter.B[m], device=self.device)
+        for key, value in adapter.extra.items():
+            params[key] = torch.as_tensor(value, device=self.device)
+        self.slots.install(params)
+        return self._eval_installed()
+
+    def _eval_installed(self) -> tuple[float, float]:
+        self.model.eval()
+        n = len(self.eval_set["labels"])
+        bs = self.run.eval_batch_size
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, bs):
+            idx = torch.arange(start, min(start + bs, n), device=self.device)
+            batch = _batch(self.eval_set, idx)
+            out = self.model(**batch)
+            loss_sum += float(out.loss) * len(idx)
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        return loss_sum / n, correct / n
+
+
+def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of a tokenised set, trimmed to the longest sequence among them."""
+    mask = data["attention_mask"][idx]
+    length = int(mask.sum(dim=1).max())
+    return {
+        "input_ids": data["input_ids"][idx, :length],
+        "attention_mask": mask[:, :length],
+        "labels": data["labels"][idx],
+    }

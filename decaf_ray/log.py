@@ -1,0 +1,57 @@
+"""Tidy long-format metrics, flushed to parquet as the run goes.
+
+Each row is (round, node, metric, value, wall_s); node -1 marks whole-network values.
+``metrics.parquet`` is a folder of one parquet file per flush, so a crash loses at most the
+rows not yet flushed (the current round) and ``pandas.read_parquet`` reads the folder as one
+table. The column set is fixed here; ``analysis.read_runs`` is the reader.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ("round", "node", "metric", "value", "wall_s")
+NETWORK = -1
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "metrics.parquet"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._rows: list[tuple] = []
+        self._parts = 0
+        self._t0 = time.perf_counter()
+        self.latest: dict[str, float] = {}  # last network-level value of each metric
+
+    def add(self, round_idx: int, node: int, metric: str, value: float) -> None:
+        wall = time.perf_counter() - self._t0
+        self._rows.append((round_idx, node, metric, float(value), wall))
+        if node == NETWORK:
+            self.latest[metric] = float(value)
+
+    def add_nodes(self, round_idx: int, metric: str, values: dict[int, float]) -> None:
+        for node, value in sorted(values.items()):
+            self.add(round_idx, node, metric, value)
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        frame = pd.DataFrame(self._rows, columns=list(COLUMNS)).astype(
+            {
+                "round": "int32",
+                "node": "int32",
+                "metric": "string",
+                "value": "float64",
+                "wall_s": "float64",
+            }
+        )
+        frame.to_parquet(self.path / f"part-{self._parts:06d}.parquet", index=False)
+        self._parts += 1
+        self._rows = []
+
+    def frame(self) -> pd.DataFrame:
+        self.flush()
+        return pd.read_parquet(self.path)

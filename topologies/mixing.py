@@ -1,0 +1,126 @@
+"""Mixing (gossip) rules: graph G on nodes 0..n-1 -> n x n float64 matrix Pi.
+
+One gossip step replaces each client's parameters x_i by sum_j Pi_ij x_j, so Pi_ij may be
+non-zero only on the closed neighbourhood N[i] = {i} + neighbours(i). Degrees d_i ignore
+self-loops. Use :func:`topologies.check.validate_mixing` to check the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+import numpy as np
+
+
+def _num_nodes(G: nx.Graph) -> int:
+    n = G.number_of_nodes()
+    if set(G.nodes) != set(range(n)):
+        raise ValueError(
+            "mixing rules need nodes labelled 0..n-1; "
+            "relabel with networkx.convert_node_labels_to_integers(G)"
+        )
+    return n
+
+
+def _edges(G: nx.Graph) -> list[tuple[int, int]]:
+    return [(u, v) for u, v in G.edges if u != v]
+
+
+def _degrees(G: nx.Graph) -> np.ndarray:
+    n = _num_nodes(G)
+    deg = np.zeros(n, dtype=np.int64)
+    for u, v in _edges(G):
+        deg[u] += 1
+        deg[v] += 1
+    return deg
+
+
+def _fill_diagonal(pi: np.ndarray) -> np.ndarray:
+    """Pi_ii = 1 - sum_{j != i} Pi_ij, so every row sums to 1."""
+    np.fill_diagonal(pi, 0.0)
+    np.fill_diagonal(pi, 1.0 - pi.sum(axis=1))
+    return pi
+
+
+def uniform(G: nx.Graph) -> np.ndarray:
+    """Pi_ij = 1 / (d_i + 1) for j in N[i] (the paper's 1/3 on a ring).
+
+    Rows sum to 1, but Pi is symmetric (hence doubly stochastic) only on regular graphs;
+    the paper uses it only there, and ``validate_mixing`` rejects it elsewhere (e.g. a star).
+    """
+    weight = 1.0 / (_degrees(G) + 1.0)
+    pi = np.diag(weight)
+    for u, v in _edges(G):
+        pi[u, v] = weight[u]
+        pi[v, u] = weight[v]
+    return pi
+
+
+def metropolis_hastings(G: nx.Graph) -> np.ndarray:
+    """Pi_ij = 1 / (1 + max(d_i, d_j)) on edges, Pi_ii = 1 - sum_{j != i} Pi_ij."""
+    n = _num_nodes(G)
+    deg = _degrees(G)
+    pi = np.zeros((n, n))
+    for u, v in _edges(G):
+        pi[u, v] = pi[v, u] = 1.0 / (1.0 + max(deg[u], deg[v]))
+    return _fill_diagonal(pi)
+
+
+def max_degree(G: nx.Graph) -> np.ndarray:
+    """Pi_ij = 1 / (1 + d_max) on edges, Pi_ii = 1 - d_i / (1 + d_max)."""
+    n = _num_nodes(G)
+    deg = _degrees(G)
+    d_max = int(deg.max()) if n else 0
+    pi = np.zeros((n, n))
+    for u, v in _edges(G):
+        pi[u, v] = pi[v, u] = 1.0 / (1.0 + d_max)
+    return _fill_diagonal(pi)
+
+
+def laplacian(G: nx.Graph) -> np.ndarray:
+    """Pi = I - 2 L / (3 lambda_max(L)), with L = D - A the graph Laplacian.
+
+    Eigenvalues of Pi lie in [1/3, 1], so Pi is positive definite; Pi = I on an edgeless G.
+    """
+    n = _num_nodes(G)
+    adj = np.zeros((n, n))
+    for u, v in _edges(G):
+        adj[u, v] = adj[v, u] = 1.0
+    lap = np.diag(adj.sum(axis=1)) - adj
+    lam_max = float(np.linalg.eigvalsh(lap)[-1]) if n else 0.0
+    if lam_max <= 0.0:
+        return np.eye(n)
+    return np.eye(n) - 2.0 * lap / (3.0 * lam_max)
+
+
+def edge_weights(G: nx.Graph) -> np.ndarray:
+    """Pi_ij = Pi_ji = w_ij from the edge attribute ``weight``, Pi_ii = 1 - sum_{j != i} w_ij."""
+    n = _num_nodes(G)
+    pi = np.zeros((n, n))
+    for u, v, data in G.edges(data=True):
+        if u == v:
+            continue
+        if "weight" not in data:
+            raise ValueError(
+                f"edge ({u},{v}) has no 'weight' attribute; rule 'edge_weights' needs one per edge"
+            )
+        pi[u, v] = pi[v, u] = float(data["weight"])
+    return _fill_diagonal(pi)
+
+
+MIXING_RULES: dict[str, Callable[[nx.Graph], np.ndarray]] = {
+    "uniform": uniform,
+    "metropolis_hastings": metropolis_hastings,
+    "max_degree": max_degree,
+    "laplacian": laplacian,
+    "edge_weights": edge_weights,
+}
+
+
+def mixing_matrix(G: nx.Graph, rule: str) -> np.ndarray:
+    """Pi for G under the named rule, e.g. ``mixing_matrix(G, "metropolis_hastings")``."""
+    key = rule.strip().lower().replace("-", "_")
+    if key not in MIXING_RULES:
+        raise ValueError(f"unknown mixing rule {rule!r}; known rules: {', '.join(MIXING_RULES)}")
+    return MIXING_RULES[key](G)
