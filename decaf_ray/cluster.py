@@ -114,6 +114,8 @@ class HostPool:
             total = cluster_gpus() if spec.device != "cpu" else 0.0
             gpus = min(1.0, total / count) if total else 0.0
         key = (spec, round(cpus, 4), gpus)
+        if key not in self._hosts:
+            self.clear()  # runs are sequential: free the CPUs/GPUs of hosts of another shape
         hosts = self._hosts.setdefault(key, [])
         while len(hosts) < count:
             options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}

@@ -67,7 +67,7 @@ class Simulation:
         self.schedule = SyncSchedule(prep.Pi)
         self.blocks = plan_hosts(cfg, prep.n)
         spec = HostSpec(
-            cfg.model, prep.num_labels, cfg.seed, cfg.cluster.threads_per_host, cfg.cluster.device
+            cfg.model, prep.num_labels, cfg.cluster.threads_per_host, cfg.cluster.device
         )
         t0 = time.perf_counter()
         self.hosts = pool.get(spec, len(self.blocks), cfg.cluster.gpus_per_host)

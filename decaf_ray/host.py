@@ -40,7 +40,6 @@ class HostSpec:
 
     model: ModelConfig
     num_labels: int
-    seed: int
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
 
@@ -111,9 +110,12 @@ class Host:
         use_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.spec = spec
-        self.model = build_peft_model(spec.model, spec.num_labels, spec.seed).to(self.device)
+        # The base weights do not depend on the run's seed (tiny-bert's random ones use seed 0),
+        # so one host serves every run of a sweep; the run's seed sets the initial adapters.
+        self.model = build_peft_model(spec.model, spec.num_labels, seed=0).to(self.device)
         self.slots = ParamSlots(self.model)
-        self._initial = {k: p.detach().clone() for k, p in self.slots.current().items()}
+        self._init_std = float(getattr(self.model.config, "initializer_range", 0.02))
+        self._shapes = {k: (tuple(p.shape), p.dtype) for k, p in self.slots.current().items()}
         self.nodes: dict[int, _Node] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -135,14 +137,28 @@ class Host:
             "labels": torch.tensor(shard.labels, dtype=torch.long, device=self.device),
         }
 
+    def _initial_params(self, node_id: int) -> dict[str, nn.Parameter]:
+        """Seeded initial state: A ~ U(+-1/sqrt(k)) as peft draws it, B = 0, head ~ N(0, std).
+
+        With ``same_init`` every node draws A and the head from the run's seed alone (the
+        usual common starting point of decentralized optimisation; dlora_fa requires it).
+        """
+        who = 0 if self.run.same_init else node_id + 1
+        gen = torch.Generator().manual_seed(derived_seed(self.run.seed, who, 1))
+        params = {}
+        for key, (shape, dtype) in self._shapes.items():
+            if key.endswith(".A"):
+                value = (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(shape[1])
+            elif key.endswith(".B") or len(shape) < 2:
+                value = torch.zeros(shape)
+            else:
+                head_gen = torch.Generator().manual_seed(derived_seed(self.run.seed, 0, 2))
+                value = torch.randn(shape, generator=head_gen) * self._init_std
+            params[key] = nn.Parameter(value.to(device=self.device, dtype=dtype))
+        return params
+
     def _new_node(self, node_id: int, shard: Shard) -> _Node:
-        params = {k: nn.Parameter(v.clone()) for k, v in self._initial.items()}
-        if not self.run.same_init:
-            gen = torch.Generator().manual_seed(derived_seed(self.run.seed, node_id, 1))
-            for module in self.slots.modules:
-                A = params[f"{module}.A"]
-                bound = 1.0 / math.sqrt(A.shape[1])  # peft's kaiming_uniform(a=sqrt(5)) bound
-                A.data.copy_((torch.rand(A.shape, generator=gen) * 2 - 1) * bound)
+        params = self._initial_params(node_id)
         trainable = []
         for key, p in params.items():
             frozen = key.endswith(".A") and not self.algorithm.trains_A

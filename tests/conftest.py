@@ -1,0 +1,71 @@
+"""Shared fixtures: one real local Ray cluster and one pool of warm hosts per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    from decaf_ray import cluster
+
+    started = cluster.connect(num_cpus=2)
+    yield
+    if started:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pool(ray_cluster):
+    from decaf_ray.cluster import HostPool
+
+    p = HostPool()
+    yield p
+    p.clear()
+
+
+def tiny_config(**overrides):
+    """A run that takes seconds: tiny BERT, 4 nodes, short texts, 2 rounds."""
+    from decaf_ray.config import apply_override, config_from_dict
+
+    data = {
+        "name": "t",
+        "seed": 3,
+        "topology": {"name": "ring", "n": 4, "mixing": "uniform"},
+        "data": {
+            "max_samples": 160,
+            "eval_samples": 40,
+            "max_length": 32,
+            "partition": "dirichlet",
+            "alpha": 1.0,
+        },
+        "model": {"name": "tiny-bert", "r": 4, "alpha": 8},
+        "train": {"rounds": 2, "local_steps": 2, "batch_size": 8, "lr": 5e-3},
+        "eval": {"every": 1},
+        "output": {"progress": False},
+    }
+    for key, value in overrides.items():
+        data = apply_override(data, key.split("__"), value)
+    return config_from_dict(data)
+
+
+@pytest.fixture
+def run_tiny(pool, tmp_path):
+    """Run a tiny config on the shared pool; return its metrics frame."""
+    from decaf_ray.runner import run_one
+
+    counter = iter(range(1000))
+
+    def _run(**overrides):
+        cfg = tiny_config(**overrides)
+        run_dir = tmp_path / f"run{next(counter)}"
+        run_dir.mkdir()
+        return run_one(cfg, run_dir, pool)
+
+    return _run
