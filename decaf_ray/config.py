@@ -163,7 +163,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            problems.append(f"{path}={value!r} is not one of {choices}")
+            problems.append(f"{path}={value!r} is unknown; choose one of {choices}")
         return value
     if origin is tuple:
         if isinstance(value, str):
@@ -177,6 +177,11 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}={value!r} should be a mapping")
             return {}
         return dict(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if (
@@ -191,8 +196,6 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
 def _validate(cfg: RunConfig) -> list[str]:
     """Checks of values that types alone cannot express."""
     p: list[str] = []
-    if cfg.algorithm.name not in ALGORITHMS:
-        p.append(f"algorithm.name={cfg.algorithm.name!r} is unknown; choose one of {ALGORITHMS}")
     if cfg.topology.name not in TOPOLOGIES:
         p.append(f"topology.name={cfg.topology.name!r} is unknown; choose one of {TOPOLOGIES}")
     if cfg.topology.mixing not in MIXING_RULES:
@@ -279,8 +282,10 @@ def config_from_dict(data: dict) -> RunConfig:
     """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
-    if not problems:
-        problems = _validate(cfg)
+    try:
+        problems += _validate(cfg)
+    except TypeError:
+        pass  # a value of the wrong type, already reported by _build
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return cfg

@@ -17,7 +17,7 @@ from decaf_ray import cluster
 from decaf_ray.config import RunConfig, expand_sweep, save_config
 from decaf_ray.coordinator import Simulation
 from decaf_ray.log import NETWORK, MetricsLog
-from decaf_ray.prepare import prepare
+from decaf_ray.prepare import Prepared, prepare
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -30,10 +30,12 @@ def new_run_dir(base: Path, name: str) -> Path:
     return path
 
 
-def run_one(cfg: RunConfig, run_dir: Path, pool: cluster.HostPool) -> pd.DataFrame:
+def run_one(
+    cfg: RunConfig, run_dir: Path, pool: cluster.HostPool, prep: Prepared | None = None
+) -> pd.DataFrame:
     """Simulate ``cfg`` into ``run_dir``; return its metrics frame."""
     save_config(cfg, run_dir / "config.yaml")
-    prep = prepare(cfg)
+    prep = prep or prepare(cfg)
     log = MetricsLog(run_dir)
     sim = Simulation(cfg, prep, pool, log)
     (run_dir / "placement.json").write_text(
@@ -66,6 +68,7 @@ def summarise(frame: pd.DataFrame) -> dict[str, float]:
 def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Run ``cfg`` and every sweep combination; return the folder and a summary table."""
     configs = expand_sweep(cfg)
+    preps = [prepare(c) for c in configs]  # every bad input fails here, before Ray starts
     base = Path(out) if out else Path(cfg.output.dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
@@ -74,9 +77,9 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     pool = cluster.HostPool()
     rows = []
     try:
-        for c in configs:
+        for c, prep in zip(configs, preps):
             run_dir = new_run_dir(root, c.name) if len(configs) > 1 else root
-            frame = run_one(c, run_dir, pool)
+            frame = run_one(c, run_dir, pool, prep)
             rows.append({"run": c.name, "algorithm": c.algorithm.name, **summarise(frame)})
     finally:
         pool.clear()

@@ -1,0 +1,92 @@
+"""The typed config: YAML + --set overrides, one error listing every problem, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from decaf_ray.config import (
+    ConfigError,
+    RunConfig,
+    expand_sweep,
+    load_config,
+    parse_override,
+    save_config,
+)
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: {rounds: 3}\nmodel: {target_modules: [query]}\n")
+    cfg = load_config(path, ["train.lr=1e-4", "topology.n=12", "algorithm.name=dlora"])
+    assert cfg.train.rounds == 3 and cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.topology.n == 12 and cfg.algorithm.name == "dlora"
+    assert cfg.model.target_modules == ("query",)
+    with pytest.raises(AttributeError):
+        cfg.train.rounds = 4  # frozen
+
+
+def test_every_problem_is_reported_together():
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            [
+                "algorithm.name=sgd",
+                "topology.name=moebius",
+                "train.rounds=0",
+                "data.test_fraction=1.5",
+                "model.r=0",
+            ],
+        )
+    msg = str(err.value)
+    for bad in ("'sgd'", "'moebius'", "train.rounds=0", "data.test_fraction=1.5", "model.r=0"):
+        assert bad in msg
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ConfigError, match="unknown key 'train.lrr'"):
+        load_config(None, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="train.rounds='ten' should be of type int"):
+        load_config(None, ["train.rounds=ten"])
+
+
+@pytest.mark.parametrize("text", ["train.lr", "=3", "train..lr=1", "train.lr=[1,"])
+def test_malformed_set_is_rejected_with_the_text(text):
+    with pytest.raises(ConfigError, match="malformed --set"):
+        parse_override(text)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(None, ["topology.params={p: 0.3}", "seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and isinstance(again, RunConfig)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 7
+
+
+def test_sweep_expands_to_named_runs():
+    cfg = load_config(None, ["name=s", "sweep={algorithm.name: [dlora, decaf], seed: [0, 1]}"])
+    runs = expand_sweep(cfg)
+    assert [r.name for r in runs] == ["s-dlora-0", "s-dlora-1", "s-decaf-0", "s-decaf-1"]
+    assert {(r.algorithm.name, r.seed) for r in runs} == {
+        ("dlora", 0),
+        ("dlora", 1),
+        ("decaf", 0),
+        ("decaf", 1),
+    }
+    assert all(not r.sweep for r in runs)
+
+
+def test_every_runs_preset_is_valid():
+    from pathlib import Path
+
+    presets = sorted(Path(__file__).parents[1].glob("runs/*.yaml"))
+    assert len(presets) >= 5
+    for path in presets:
+        for cfg in expand_sweep(load_config(path)):
+            assert cfg.train.rounds >= 1
