@@ -66,10 +66,12 @@ class _RayHost(Host):
     def setup_from(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
         return self.setup(run, shards, eval_set)
 
-    def train_publish(self, round_idx: int, lr: float) -> dict[int, dict[str, Any]]:
-        """Train every node; put each adapter (and message, if different) in the store."""
+    def train_publish(
+        self, round_idx: int, lr: float, node_ids: list[int] | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Train nodes (default all); put each adapter (and message, if different) in the store."""
         out = {}
-        for i, res in self.train(round_idx, lr).items():
+        for i, res in self.train(round_idx, lr, node_ids).items():
             state_ref = ray.put(res.adapter)
             msg_ref = state_ref if res.message is res.adapter else ray.put(res.message)
             out[i] = {

@@ -186,16 +186,19 @@ class Host:
     def _load(self, node: _Node, adapter: Adapter) -> None:
         with torch.no_grad():
             for m in self.slots.modules:
-                node.params[f"{m}.A"].copy_(torch.from_numpy(adapter.A[m]))
-                node.params[f"{m}.B"].copy_(torch.from_numpy(adapter.B[m]))
+                node.params[f"{m}.A"].copy_(_tensor(adapter.A[m]))
+                node.params[f"{m}.B"].copy_(_tensor(adapter.B[m]))
             for key, value in adapter.extra.items():
-                node.params[key].copy_(torch.from_numpy(value))
+                node.params[key].copy_(_tensor(value))
 
     # ------------------------------------------------------------------ the three phases
 
-    def train(self, round_idx: int, lr: float) -> dict[int, TrainResult]:
-        """Run tau local steps on every node of this host, one node after another."""
-        return {i: self._train_node(node, round_idx, lr) for i, node in self.nodes.items()}
+    def train(
+        self, round_idx: int, lr: float, node_ids: list[int] | None = None
+    ) -> dict[int, TrainResult]:
+        """Run tau local steps on the given nodes (default all), one node after another."""
+        ids = sorted(self.nodes) if node_ids is None else node_ids
+        return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
 
     def _train_node(self, node: _Node, round_idx: int, lr: float) -> TrainResult:
         t0 = time.perf_counter()
@@ -246,10 +249,10 @@ class Host:
         """(loss, accuracy) of a model given as an adapter (any rank: e.g. the network mean)."""
         params = {}
         for m in self.slots.modules:
-            params[f"{m}.A"] = torch.as_tensor(adapter.A[m], device=self.device)
-            params[f"{m}.B"] = torch.as_tensor(adapter.B[m], device=self.device)
+            params[f"{m}.A"] = _tensor(adapter.A[m], self.device)
+            params[f"{m}.B"] = _tensor(adapter.B[m], self.device)
         for key, value in adapter.extra.items():
-            params[key] = torch.as_tensor(value, device=self.device)
+            params[key] = _tensor(value, self.device)
         self.slots.install(params)
         return self._eval_installed()
 
@@ -276,3 +279,8 @@ def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.
         "attention_mask": mask[:, :length],
         "labels": data["labels"][idx],
     }
+
+
+def _tensor(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor of ``x`` (copied if read-only, as arrays from the object store are)."""
+    return torch.from_numpy(np.require(x, requirements="W")).to(device)
