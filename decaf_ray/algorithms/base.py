@@ -8,6 +8,7 @@ hosts or schedules, so the same code serves synchronous and asynchronous runs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ def interference(inbox: Inbox, own: Adapter) -> float:
     return total
 
 
-class Algorithm:
+class Algorithm(ABC):
     """Base hooks; subclasses override what differs. Defaults describe factor averaging."""
 
     name = "base"
@@ -81,9 +82,9 @@ class Algorithm:
         """What a node sends its neighbours after local training."""
         return adapter
 
+    @abstractmethod
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
         """New state of a node from its own state and the weighted messages it received."""
-        raise NotImplementedError(f"{type(self).__name__} must define combine")
 
     def aggregate(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> Adapter:
         """Server step for server-based algorithms."""
