@@ -18,6 +18,8 @@ import ray
 
 from decaf_ray.host import Host, HostSpec, RunSpec, Shard
 
+RayError = ray.exceptions.RayError
+
 
 class HostError(RuntimeError):
     """A host actor failed; the message names the hosts' nodes and the round."""
@@ -66,10 +68,19 @@ class _RayHost(Host):
     def setup_from(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
         return self.setup(run, shards, eval_set)
 
+    def message_bytes(self) -> int:
+        """Size of one node's message (the same for every node and round of a run)."""
+        return self.algorithm.message(self.adapter(min(self.nodes))).nbytes
+
     def train_publish(
-        self, round_idx: int, lr: float, node_ids: list[int] | None = None
+        self, round_idx: int, lr: float, node_ids: list[int] | None = None, sleep_s: float = 0.0
     ) -> dict[int, dict[str, Any]]:
-        """Train nodes (default all); put each adapter (and message, if different) in the store."""
+        """Train nodes (default all); put each adapter (and message, if different) in the store.
+
+        ``sleep_s`` > 0 first sleeps for real (schedule.debug_sleep_s): a genuinely slow host.
+        """
+        if sleep_s > 0:
+            time.sleep(sleep_s)
         out = {}
         for i, res in self.train(round_idx, lr, node_ids).items():
             state_ref = ray.put(res.adapter)
@@ -153,6 +164,11 @@ def gather(refs: list[Any], what: str, round_idx: int, host_nodes: list[list[int
 
 def get(refs: Any) -> Any:
     return ray.get(refs)
+
+
+def wait_any(refs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Block until at least one of ``refs`` is done; return (done, still pending)."""
+    return ray.wait(refs, num_returns=1)
 
 
 def put(value: Any) -> Any:

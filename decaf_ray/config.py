@@ -15,20 +15,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-ALGORITHMS = ("local", "fedavg", "dlora", "dlora_fa", "decaf")
-TOPOLOGIES = (
-    "ring",
-    "complete",
-    "two_hubs",
-    "star",
-    "torus",
-    "erdos_renyi",
-    "random_regular",
-    "watts_strogatz",
-    "exponential",
-    "file",
-)
-MIXING_RULES = ("uniform", "metropolis_hastings", "max_degree", "laplacian", "edge_weights")
+from topologies import BUILDERS, MIXING_RULES
+
+TOPOLOGIES = tuple(BUILDERS)
 
 
 class ConfigError(ValueError):
@@ -85,6 +74,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Train a host's nodes in one batched pass (auto: on GPUs only; CPUs gain nothing).
+    batched_nodes: Literal["off", "on", "auto"] = "auto"
+    batched_max_rows: int = 256  # rows (nodes x batch) per batched pass: bounds memory
 
 
 @dataclass(frozen=True)
@@ -111,6 +103,37 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """When things happen, on a virtual clock (see decaf_ray/virtual/ and the README)."""
+
+    mode: Literal["sync", "async", "bounded", "deadline"] = "sync"
+    staleness: int = 1  # bounded: a node combines only when every neighbour is within s rounds
+    deadline_s: float | None = None  # deadline: messages arriving later in a round are dropped
+    time_budget_s: float | None = None  # no node starts a round after this virtual time
+    compute: Literal["constant", "factors", "lognormal", "pareto", "trace"] = "constant"
+    step_s: float = 1.0  # virtual seconds per local step (the base of every compute model)
+    factors: tuple[float, ...] = ()  # compute: factors, one per node
+    sigma: float = 0.5  # compute: lognormal spread
+    pareto_alpha: float = 2.0  # compute: pareto tail index (> 1)
+    trace_path: str | None = None  # compute: trace, one row of seconds per step per node
+    latency_s: float = 0.0
+    bandwidth_bytes_s: float | None = None  # None: infinite
+    straggler_fraction: float = 0.0
+    straggler_factor: float = 5.0
+    straggler_every: int = 0  # 0: a fixed set of stragglers; k: re-drawn every k rounds
+    loss_p: float = 0.0  # probability that any one message is lost
+    link_loss: dict[str, float] = field(default_factory=dict)  # {"u-v": p} per-link overrides
+    churn: tuple[tuple[int, int, int], ...] = ()  # [node, leave_round, rejoin_round] entries
+    churn_p: float = 0.0  # probability a present node leaves at the start of a round
+    churn_down: int = 1  # rounds a node stays away when it leaves at random
+    rejoin: Literal["stale", "neighbours"] = "stale"  # a returning node's starting state
+    missing: Literal["renormalise", "to_self"] = "renormalise"  # weight of messages not held
+    graph: Literal["static", "erdos_renyi", "one_peer_exponential", "matching"] = "static"
+    graph_p: float | None = None  # graph: erdos_renyi edge probability per round
+    debug_sleep_s: dict[int, float] = field(default_factory=dict)  # real sleep per node (tests)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -122,6 +145,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Optional sweep: dotted key -> list of values; each combination is one run.
     sweep: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -161,6 +185,8 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, path, problems)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             problems.append(f"{path}={value!r} is unknown; choose one of {choices}")
@@ -244,6 +270,69 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"cluster.gpus_per_host={cfg.cluster.gpus_per_host} must be >= 0")
     if cfg.algorithm.name == "fedavg" and cfg.topology.name != "complete":
         pass  # fedavg ignores the graph: a server talks to every node
+    p += _validate_schedule(cfg)
+    return p
+
+
+def _validate_schedule(cfg: RunConfig) -> list[str]:
+    """Checks of ``schedule``: probabilities in [0, 1], positive times, consistent options."""
+    s, p = cfg.schedule, []
+    n = cfg.topology.n if cfg.topology.name != "file" else None
+    for key in ("loss_p", "straggler_fraction", "churn_p"):
+        v = getattr(s, key)
+        if not 0.0 <= v <= 1.0:
+            p.append(f"schedule.{key}={v} is a probability and must lie in [0, 1]")
+    for link, v in s.link_loss.items():
+        if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            p.append(f"schedule.link_loss[{link!r}]={v} is a probability and must lie in [0, 1]")
+        parts = str(link).split("-")
+        if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
+            p.append(f"schedule.link_loss key {link!r} should be 'u-v', e.g. '0-1'")
+    if s.mode == "deadline" and (s.deadline_s is None or s.deadline_s <= 0):
+        p.append(f"schedule.deadline_s={s.deadline_s} must be positive in mode 'deadline'")
+    if s.deadline_s is not None and s.deadline_s <= 0:
+        p.append(f"schedule.deadline_s={s.deadline_s} must be positive (or null)")
+    if s.time_budget_s is not None and s.time_budget_s <= 0:
+        p.append(f"schedule.time_budget_s={s.time_budget_s} must be positive (or null)")
+    if s.staleness < 0:
+        p.append(f"schedule.staleness={s.staleness} must be >= 0")
+    if s.step_s <= 0:
+        p.append(f"schedule.step_s={s.step_s} must be positive")
+    if s.latency_s < 0:
+        p.append(f"schedule.latency_s={s.latency_s} must be >= 0")
+    if s.bandwidth_bytes_s is not None and s.bandwidth_bytes_s <= 0:
+        p.append(f"schedule.bandwidth_bytes_s={s.bandwidth_bytes_s} must be positive (or null)")
+    if s.straggler_factor <= 0:
+        p.append(f"schedule.straggler_factor={s.straggler_factor} must be positive")
+    if s.straggler_every < 0 or s.churn_down < 1:
+        p.append("schedule.straggler_every must be >= 0 and schedule.churn_down >= 1")
+    if s.sigma < 0:
+        p.append(f"schedule.sigma={s.sigma} must be >= 0")
+    if s.compute == "pareto" and s.pareto_alpha <= 1:
+        p.append(f"schedule.pareto_alpha={s.pareto_alpha} must exceed 1 (finite mean)")
+    if s.compute == "factors" and (n is not None and len(s.factors) != n):
+        p.append(f"schedule.factors has {len(s.factors)} values; topology.n={n} needs one each")
+    if any(not isinstance(f, (int, float)) or f <= 0 for f in s.factors):
+        p.append(f"schedule.factors={list(s.factors)} must all be positive")
+    if s.compute == "trace":
+        if not s.trace_path:
+            p.append("schedule.compute='trace' needs schedule.trace_path")
+        elif n is not None:
+            from decaf_ray.virtual.compute import read_trace
+
+            try:
+                read_trace(s.trace_path, n)
+            except ValueError as exc:
+                p.append(str(exc))
+    for entry in s.churn:
+        if len(entry) != 3 or (n is not None and not 0 <= entry[0] < n) or entry[1] > entry[2]:
+            p.append(f"schedule.churn entry {list(entry)} should be [node, leave, rejoin]")
+    if any(v < 0 for v in s.debug_sleep_s.values()):
+        p.append("schedule.debug_sleep_s values must be >= 0 seconds")
+    if cfg.algorithm.name == "fedavg" and s.mode != "sync":
+        p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not fedavg")
+    if cfg.algorithm.name == "fedavg" and (s.churn or s.churn_p > 0):
+        p.append("schedule.churn needs a decentralized algorithm: fedavg's server has no churn")
     return p
 
 

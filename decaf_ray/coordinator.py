@@ -2,7 +2,9 @@
 
 A round is: local training on every host at once -> exchange and combine (each host fetches
 its nodes' neighbour messages from the object store) -> consensus metrics -> evaluation every
-k rounds. *Who exchanges with whom* comes from a :class:`SyncSchedule`; the math lives in the
+k rounds. *Who exchanges with whom, with which weight and at what virtual time* comes from a
+plan on the virtual clock (:mod:`decaf_ray.virtual`, modes ``sync`` and ``deadline``; the
+asynchronous modes run in :mod:`decaf_ray.event_coordinator`); the math lives in the
 algorithm. The driver never routes adapters between hosts, except fedavg's server step.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -19,19 +20,11 @@ from decaf_ray import cluster
 from decaf_ray.algorithms import make_algorithm
 from decaf_ray.config import RunConfig
 from decaf_ray.consensus import consensus_metrics, network_average
+from decaf_ray.drift import average_drift
 from decaf_ray.host import HostSpec, RunSpec
 from decaf_ray.log import NETWORK, MetricsLog
 from decaf_ray.prepare import Prepared
-
-
-@dataclass(frozen=True)
-class SyncSchedule:
-    """Barrier rounds on a fixed graph: every node mixes with row i of Pi each round."""
-
-    Pi: np.ndarray
-
-    def mixing(self, round_idx: int) -> np.ndarray:
-        return self.Pi
+from decaf_ray.virtual import Step, build_world, make_plan
 
 
 def assign_nodes(n: int, n_hosts: int) -> list[list[int]]:
@@ -64,7 +57,6 @@ class Simulation:
     ) -> None:
         self.cfg, self.prep, self.log = cfg, prep, log
         self.algorithm = make_algorithm(cfg.algorithm)
-        self.schedule = SyncSchedule(prep.Pi)
         self.blocks = plan_hosts(cfg, prep.n)
         spec = HostSpec(
             cfg.model, prep.num_labels, cfg.cluster.threads_per_host, cfg.cluster.device
@@ -82,39 +74,72 @@ class Simulation:
         self.setup_s = time.perf_counter() - t0
         self.sizes = np.array([len(prep.shards[i]) for i in range(prep.n)])
         self.states: dict[int, object] = {}  # node -> ref of its latest adapter
+        self.host_of = {i: h for h, block in zip(self.hosts, self.blocks) for i in block}
+        self.world = build_world(cfg, prep.Pi)
+        self.message_bytes = float(cluster.get(self.hosts[0].message_bytes.remote()))
+        self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
+
+    def state_refs(self, nodes: range | list[int]) -> list:
+        """Refs of the nodes' latest adapters (a node that never trained: its initial one)."""
+        for i in nodes:
+            if i not in self.states:
+                self.states[i] = cluster.put(cluster.get(self.host_of[i].adapter.remote(i)))
+        return [self.states[i] for i in nodes]
+
+    def log_steps(self, steps: list[Step]) -> None:
+        """Per-node virtual-clock facts of one round: idle time, drops, staleness of messages."""
+        for st in steps:
+            self.log.virtual_s = st.combine_s
+            others = [rc for rc in st.inbox if rc.sender != st.node]
+            self.log.add(st.round_idx, st.node, "idle_s", st.idle_s)
+            self.log.add(st.round_idx, st.node, "dropped", st.dropped)
+            self.log.add(st.round_idx, st.node, "max_lag_rounds", st.max_lag_rounds)
+            self.log.add(st.round_idx, st.node, "received", len(others))
+            if others:
+                rounds = [st.round_idx - rc.sender_round for rc in others]
+                seconds = [st.combine_s - rc.sent_s for rc in others]
+                self.log.add(st.round_idx, st.node, "staleness_rounds", float(np.mean(rounds)))
+                self.log.add(st.round_idx, st.node, "staleness_s", float(np.mean(seconds)))
 
     # ------------------------------------------------------------------ one round
 
     def run_round(self, t: int) -> None:
         log, n = self.log, self.prep.n
-        # 1. local training, all hosts at once
+        steps = {i: self.plan.steps[(i, t)] for i in range(n) if (i, t) in self.plan.steps}
+        log.virtual_s = self.plan.round_end_s(t) if steps else log.virtual_s
+        self._rejoin(t, [st for st in steps.values() if st.rejoin])
+        # 1. local training, all hosts at once (all present nodes)
         t0 = time.perf_counter()
         lr = learning_rate(self.cfg, t)
-        results = cluster.gather(
-            [h.train_publish.remote(t, lr) for h in self.hosts], "local training", t, self.blocks
-        )
+        calls, blocks = [], []
+        for h, block in zip(self.hosts, self.blocks):
+            ids = [i for i in block if i in steps]
+            if ids:
+                calls.append(h.train_publish.remote(t, lr, None if ids == block else ids))
+                blocks.append(block)
+        results = cluster.gather(calls, "local training", t, blocks)
         trained = {i: r for res in results for i, r in res.items()}
         train_s = time.perf_counter() - t0
         log.add_nodes(t, "train_loss", {i: r["loss"] for i, r in trained.items()})
         log.add_nodes(t, "node_train_s", {i: r["train_s"] for i, r in trained.items()})
-        self.states = {i: r["state"] for i, r in trained.items()}
+        self.states.update({i: r["state"] for i, r in trained.items()})
+        before = cluster.get(self.state_refs(range(n)))
 
         # 2. exchange + combine
         t0 = time.perf_counter()
         fetch_s = 0.0
         bytes_sent = {i: 0.0 for i in range(n)}
         if self.algorithm.communicates:
-            plan, bytes_sent = self._plan(t, trained)
+            plan, bytes_sent = self._plan(t, trained, steps)
+            pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
+            pairs = [(h, ids) for h, ids in pairs if ids]
             outs = cluster.gather(
-                [
-                    h.combine_refs.remote({i: plan[i] for i in block})
-                    for h, block in zip(self.hosts, self.blocks)
-                ],
+                [h.combine_refs.remote({i: plan[i] for i in ids}) for h, ids in pairs],
                 "combine",
                 t,
-                self.blocks,
+                [ids for _, ids in pairs],
             )
-            fetch_s = max(o["fetch_s"] for o in outs)
+            fetch_s = max((o["fetch_s"] for o in outs), default=0.0)
             for o in outs:
                 for i, r in o["nodes"].items():
                     self.states[i] = r["state"]
@@ -125,14 +150,19 @@ class Simulation:
 
         # 3. consensus metrics from the adapters the hosts published
         t0 = time.perf_counter()
-        adapters = cluster.get([self.states[i] for i in range(n)])
+        adapters = cluster.get(self.state_refs(range(n)))
         for key, value in consensus_metrics(adapters).items():
             log.add(t, NETWORK, key, value)
+        for key, value in average_drift(before, adapters).items():
+            log.add(t, NETWORK, key, value)
+        log.add(t, NETWORK, "virtual_s", log.virtual_s)
+        self.log_steps(list(steps.values()))
+        log.virtual_s = self.plan.round_end_s(t) if steps else log.virtual_s
         metrics_s = time.perf_counter() - t0
 
         # 4. evaluation every k rounds
         eval_s = 0.0
-        if t % self.cfg.eval.every == 0 or t == self.cfg.train.rounds:
+        if t % self.cfg.eval.every == 0 or t == self.plan.last_round:
             t0 = time.perf_counter()
             self._evaluate(t, adapters)
             eval_s = time.perf_counter() - t0
@@ -145,10 +175,29 @@ class Simulation:
             ("eval_s", eval_s),
         ):
             log.add(t, NETWORK, key, value)
-        log.add(t, NETWORK, "train_loss", float(np.mean([r["loss"] for r in trained.values()])))
+        if trained:
+            log.add(t, NETWORK, "train_loss", float(np.mean([r["loss"] for r in trained.values()])))
         log.flush()
 
-    def _plan(self, t: int, trained: dict) -> tuple[dict, dict]:
+    def _rejoin(self, t: int, steps: list[Step]) -> None:
+        """Nodes back from churn with ``rejoin: neighbours`` start from their neighbours' mix."""
+        if not steps:
+            return
+        self.state_refs(range(self.prep.n))
+        plan = {st.node: [(rc.weight, self.states[rc.sender]) for rc in st.rejoin] for st in steps}
+        pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
+        pairs = [(h, ids) for h, ids in pairs if ids]
+        outs = cluster.gather(
+            [h.combine_refs.remote({i: plan[i] for i in ids}) for h, ids in pairs],
+            "rejoin",
+            t,
+            [ids for _, ids in pairs],
+        )
+        for o in outs:
+            for i, r in o["nodes"].items():
+                self.states[i] = r["state"]
+
+    def _plan(self, t: int, trained: dict, steps: dict[int, Step]) -> tuple[dict, dict]:
         """Who receives which message with which weight, and bytes each node sends."""
         n = self.prep.n
         if self.algorithm.uses_server:
@@ -159,13 +208,10 @@ class Simulation:
             )
             plan = {i: [(1.0, avg)] for i in range(n)}
             return plan, {i: float(trained[i]["message_bytes"]) for i in range(n)}
-        Pi = self.schedule.mixing(t)
-        plan, sent = {}, {}
-        for i in range(n):
-            nbrs = np.flatnonzero(Pi[i])
-            plan[i] = [(float(Pi[i, j]), trained[int(j)]["message"]) for j in nbrs]
-            out_degree = int(np.count_nonzero(Pi[:, i])) - int(Pi[i, i] != 0)
-            sent[i] = float(trained[i]["message_bytes"] * out_degree)
+        plan, sent = {}, {i: 0.0 for i in range(n)}
+        for i, st in steps.items():
+            plan[i] = [(rc.weight, trained[rc.sender]["message"]) for rc in st.inbox]
+            sent[i] = float(trained[i]["message_bytes"] * st.sent)
         return plan, sent
 
     def _evaluate(self, t: int, adapters: list) -> None:
@@ -187,6 +233,31 @@ class Simulation:
 
     def run(self) -> None:
         cfg = self.cfg
+        self.log_setup()
+        bar = tqdm(
+            range(1, self.plan.last_round + 1),
+            desc=cfg.name,
+            unit="round",
+            disable=not cfg.output.progress,
+            leave=True,
+        )
+        for t in bar:
+            self.run_round(t)
+            bar.set_postfix(self.progress())
+        bar.close()
+
+    def progress(self) -> dict[str, str]:
+        latest = self.log.latest
+        post = {
+            "cons": f"{latest.get('product_consensus', float('nan')):.2e}",
+            "loss": f"{latest.get('train_loss', float('nan')):.3f}",
+        }
+        if "mean_node_acc" in latest:
+            post["acc"] = f"{latest['mean_node_acc']:.3f}"
+        return post
+
+    def log_setup(self) -> None:
+        """Round-0 facts: spectral gap, set-up time, label histograms."""
         self.log.add(0, NETWORK, "spectral_gap", self.prep.spectral_gap)
         self.log.add(0, NETWORK, "setup_s", self.setup_s)
         for c, name in enumerate(self.prep.class_names):
@@ -196,21 +267,3 @@ class Simulation:
                 {i: float(self.prep.histogram[i, c]) for i in range(self.prep.n)},
             )
         self.log.flush()
-        bar = tqdm(
-            range(1, cfg.train.rounds + 1),
-            desc=cfg.name,
-            unit="round",
-            disable=not cfg.output.progress,
-            leave=True,
-        )
-        for t in bar:
-            self.run_round(t)
-            latest = self.log.latest
-            post = {
-                "cons": f"{latest.get('product_consensus', float('nan')):.2e}",
-                "loss": f"{latest.get('train_loss', float('nan')):.3f}",
-            }
-            if "mean_node_acc" in latest:
-                post["acc"] = f"{latest['mean_node_acc']:.3f}"
-            bar.set_postfix(post)
-        bar.close()

@@ -1,6 +1,8 @@
 """Tidy long-format metrics, flushed to parquet as the run goes.
 
-Each row is (round, node, metric, value, wall_s); node -1 marks whole-network values.
+Each row is (round, node, metric, value, wall_s, virtual_s); node -1 marks whole-network values.
+``virtual_s`` is the simulated time (decaf_ray/virtual): the coordinator sets
+:attr:`MetricsLog.virtual_s` before adding a row, and every row carries the value current then.
 ``metrics.parquet`` is a folder of one parquet file per flush, so a crash loses at most the
 rows not yet flushed (the current round) and ``pandas.read_parquet`` reads the folder as one
 table. The column set is fixed here; ``analysis.read_runs`` is the reader.
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ("round", "node", "metric", "value", "wall_s")
+COLUMNS = ("round", "node", "metric", "value", "wall_s", "virtual_s")
 NETWORK = -1
 
 
@@ -25,10 +27,11 @@ class MetricsLog:
         self._parts = 0
         self._t0 = time.perf_counter()
         self.latest: dict[str, float] = {}  # last network-level value of each metric
+        self.virtual_s = 0.0  # simulated seconds; the coordinator advances it
 
     def add(self, round_idx: int, node: int, metric: str, value: float) -> None:
         wall = time.perf_counter() - self._t0
-        self._rows.append((round_idx, node, metric, float(value), wall))
+        self._rows.append((round_idx, node, metric, float(value), wall, float(self.virtual_s)))
         if node == NETWORK:
             self.latest[metric] = float(value)
 
@@ -46,6 +49,7 @@ class MetricsLog:
                 "metric": "string",
                 "value": "float64",
                 "wall_s": "float64",
+                "virtual_s": "float64",
             }
         )
         frame.to_parquet(self.path / f"part-{self._parts:06d}.parquet", index=False)

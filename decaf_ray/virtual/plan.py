@@ -1,0 +1,172 @@
+"""What a run does, decided on the virtual clock before any training: one Step per node-round.
+
+A :class:`Step` says when node i trains in round t, when it combines, and with which messages
+(sender, the sender's round, weight). Weights are row i of Pi_t restricted to the messages the
+node holds, renormalised to sum to one: w_ij = Pi_ij / sum_{k held} Pi_ik. When everything
+arrived the row is used unchanged (bit for bit). The plan depends only on the World and the
+message size, never on the wall clock, so it is identical on every machine.
+
+``plan_sync`` covers ``sync`` (barrier rounds; the last arrival ends the round) and
+``deadline`` (rounds of at most ``deadline_s``; later messages are dropped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from decaf_ray.virtual.churn import rejoining
+from decaf_ray.virtual.world import World
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One message in an inbox: sender j's round-r state, its weight, when sent and arrived."""
+
+    sender: int
+    sender_round: int
+    weight: float
+    sent_s: float
+    arrived_s: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """Node ``node``'s round ``round_idx``: train, then combine ``inbox`` at ``combine_s``."""
+
+    node: int
+    round_idx: int
+    start_s: float  # local steps begin
+    trained_s: float  # local steps end; the node's message leaves
+    combine_s: float  # the node combines (after waiting, in bounded mode)
+    inbox: tuple[Receipt, ...]  # the node's own message included, in sender order
+    rejoin: tuple[Receipt, ...] = ()  # non-empty: reset to these neighbours' mix before training
+    sent: int = 0  # messages this node sent this round (lost ones included)
+    dropped: int = 0  # messages addressed to this node in this round that it never got
+    max_lag_rounds: int = 0  # max over awaited neighbours of round_idx - their round heard
+
+    @property
+    def idle_s(self) -> float:
+        return max(0.0, self.combine_s - self.trained_s)
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: dict[tuple[int, int], Step]  # (node, round) -> step; absent node-rounds are missing
+    events: tuple[tuple, ...]  # (time_s, kind, node, round) in processing order
+
+    @property
+    def last_round(self) -> int:
+        """The last round any node runs (fewer than train.rounds under a time budget)."""
+        return max((t for _, t in self.steps), default=0)
+
+    def round_end_s(self, round_idx: int) -> float:
+        """Virtual time by which every node has combined round ``round_idx`` or stopped short of
+        it: max_i combine_s of node i's latest step with round <= round_idx (monotone in t)."""
+        latest: dict[int, Step] = {}
+        for (i, t), st in self.steps.items():
+            if t <= round_idx and (i not in latest or t > latest[i].round_idx):
+                latest[i] = st
+        return max((st.combine_s for st in latest.values()), default=0.0)
+
+
+def weighted(
+    Pi_row: np.ndarray,
+    node: int,
+    held: list[tuple[int, int, float, float]],
+    missing: str = "renormalise",
+) -> tuple[Receipt, ...]:
+    """Receipts of the held messages (sender, round, sent, arrived), the node's own included.
+
+    ``missing="renormalise"``: w_ij = Pi_ij / sum_{k held} Pi_ik. ``missing="to_self"``: held
+    neighbours keep Pi_ij and the node's own weight takes the rest, w_ii = 1 - sum_{j held,
+    j != i} Pi_ij (as if the missing links were absent from the graph: Pi stays symmetric and
+    doubly stochastic when losses are symmetric). If everything arrived, w is Pi's row as is.
+    """
+    held = sorted(held)
+    w = np.array([Pi_row[j] for j, *_ in held], dtype=np.float64)
+    support = int(np.count_nonzero(Pi_row))
+    if len(held) != support:
+        if missing == "to_self":
+            me = [j for j, *_ in held].index(node)
+            w[me] = 1.0 - np.delete(w, me).sum()
+        else:
+            w = w / w.sum()
+    return tuple(Receipt(j, r, float(wj), s, a) for (j, r, s, a), wj in zip(held, w))
+
+
+def rejoin_receipts(Pi_row: np.ndarray, node: int, held: list) -> tuple[Receipt, ...]:
+    """Neighbours' messages (self excluded), weights Pi_ij renormalised over them."""
+    others = [h for h in held if h[0] != node and Pi_row[h[0]] > 0]
+    if not others:
+        return ()
+    w = np.array([Pi_row[j] for j, *_ in sorted(others)])
+    w = w / w.sum()
+    return tuple(Receipt(j, r, float(wj), s, a) for (j, r, s, a), wj in zip(sorted(others), w))
+
+
+def plan_sync(
+    world: World,
+    nbytes: float,
+    deadline_s: float | None = None,
+    rejoin: str = "stale",
+    missing: str = "renormalise",
+    budget_s: float | None = None,
+) -> Plan:
+    """Barrier rounds. Round t starts at T0 (end of round t - 1); present node i publishes at
+    T0 + c_i; j's message reaches i at T0 + c_j + delay unless lost. sync: the round ends at the
+    last arrival (or last training end). deadline: the round ends at min(that, T0 + deadline_s)
+    and messages arriving after T0 + deadline_s are dropped (a node slower than the deadline
+    still completes its own steps; only its messages are late)."""
+    n, delay = world.n, world.link.delay_s(nbytes)
+    steps, events, T0 = {}, [], 0.0
+    last_present = {i: 0 for i in range(n)}
+    for t in range(1, world.rounds + 1):
+        if budget_s is not None and T0 >= budget_s:
+            break  # the time budget is spent: no new round starts
+        Pi, present = world.Pi(t), world.active[:, t - 1]
+        trained = {i: T0 + float(world.compute_s[i, t - 1]) for i in range(n) if present[i]}
+        ends = list(trained.values())
+        held = {i: [(i, t, trained[i], trained[i])] for i in trained}
+        dropped = dict.fromkeys(trained, 0)
+        sent = dict.fromkeys(trained, 0)
+        limit = T0 + deadline_s if deadline_s is not None else np.inf
+        for j in trained:
+            for i in np.flatnonzero(Pi[:, j]):
+                i = int(i)
+                if i == j:
+                    continue
+                if i not in trained:
+                    continue  # absent nodes neither send nor receive
+                sent[j] += 1
+                arrive = trained[j] + delay
+                ends.append(arrive)
+                if world.lost[t - 1, j, i] or arrive > limit:
+                    dropped[i] += 1
+                else:
+                    held[i].append((j, t, trained[j], arrive))
+        end = max(ends) if ends else T0
+        if deadline_s is not None:
+            end = min(end, limit)
+        for i in sorted(trained):
+            back = ()
+            if rejoin == "neighbours" and rejoining(world.active, i, t):
+                prev = [(j, last_present[j], T0, T0) for j in trained if last_present[j] > 0]
+                back = rejoin_receipts(Pi[i], i, prev)
+            steps[(i, t)] = Step(
+                i,
+                t,
+                T0,
+                trained[i],
+                end,  # deadline: even a node slower than the deadline combines then
+                weighted(Pi[i], i, held[i], missing),
+                back,
+                sent[i],
+                dropped[i],
+            )
+            events.append((end, "combine", i, t))
+        for i in trained:
+            last_present[i] = t
+        T0 = end
+    return Plan(steps, tuple(events))

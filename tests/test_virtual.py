@@ -1,0 +1,214 @@
+"""The virtual clock's pure models and plans: seeded, deterministic, and Ray-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from decaf_ray.algorithms import Adapter
+from decaf_ray.drift import average_drift
+from decaf_ray.math import mix_all
+from decaf_ray.virtual import (
+    EventQueue,
+    LinkModel,
+    active_table,
+    build_world,
+    graph_at,
+    loss_table,
+    make_plan,
+    mixing_at,
+    step_seconds,
+    straggler_factors,
+)
+from topologies import build_graph, mixing_matrix
+
+
+def ring_world(n=8, rounds=6, **schedule):
+    overrides = {f"schedule__{k}": v for k, v in schedule.items()}
+    cfg = tiny_config(topology__n=n, train__rounds=rounds, **overrides)
+    return cfg, build_world(cfg, mixing_matrix(build_graph("ring", n), "uniform"))
+
+
+def test_virtual_package_never_imports_ray():
+    code = "import sys, decaf_ray.virtual, decaf_ray.drift; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("model", ["constant", "lognormal", "pareto"])
+def test_compute_models_are_seeded_and_have_mean_base(model):
+    a = step_seconds(model, 50, 400, base_s=2.0, seed=1)
+    assert np.array_equal(a, step_seconds(model, 50, 400, base_s=2.0, seed=1))
+    assert a.shape == (50, 400) and (a > 0).all()
+    assert abs(a.mean() - 2.0) < 0.1
+    if model != "constant":
+        assert not np.array_equal(a, step_seconds(model, 50, 400, base_s=2.0, seed=2))
+
+
+def test_pareto_is_heavier_tailed_than_lognormal():
+    par = step_seconds("pareto", 100, 200, alpha=1.5, seed=0)
+    logn = step_seconds("lognormal", 100, 200, sigma=0.5, seed=0)
+    assert par.max() / np.median(par) > 5 * logn.max() / np.median(logn)
+
+
+def test_factor_and_trace_models(tmp_path):
+    f = step_seconds("factors", 3, 4, base_s=0.5, factors=[1, 2, 4])
+    assert np.array_equal(f[:, 0], [0.5, 1.0, 2.0]) and (f == f[:, :1]).all()
+    trace = tmp_path / "t.txt"
+    trace.write_text("1 2\n3\n# comment\n4,5,6\n")
+    t = step_seconds("trace", 3, 4, trace_path=trace)
+    assert t.tolist() == [[1, 2, 1, 2], [3, 3, 3, 3], [4, 5, 6, 4]]
+    with pytest.raises(ValueError, match=r"t.txt.*3 rows.*5 nodes"):
+        step_seconds("trace", 5, 4, trace_path=trace)
+
+
+def test_stragglers_fixed_or_redrawn():
+    fixed = straggler_factors(10, 6, 0.3, 5.0, every=0, seed=0)
+    assert ((fixed == 5.0).sum(axis=0) == 3).all() and (fixed == fixed[:, :1]).all()
+    moving = straggler_factors(10, 6, 0.3, 5.0, every=2, seed=0)
+    assert ((moving == 5.0).sum(axis=0) == 3).all()
+    assert (moving[:, 0] == moving[:, 1]).all() and not (moving == moving[:, :1]).all()
+    assert (straggler_factors(10, 6, 0.0, 5.0) == 1).all()
+
+
+def test_links_delay_and_loss():
+    assert LinkModel(0.1, 1000.0).delay_s(500) == pytest.approx(0.6)
+    assert LinkModel(0.1).delay_s(10**9) == 0.1
+    lost = loss_table(4, 200, 0.25, {"1-0": 1.0, "2-3": 0.0}, seed=0)
+    assert lost[:, 0, 1].all() and lost[:, 1, 0].all()
+    assert not lost[:, 2, 3].any()
+    assert 0.15 < lost[:, 0, 2].mean() < 0.35
+
+
+def test_churn_schedule_and_random():
+    act = active_table(4, 5, schedule=[[1, 2, 4]])
+    assert act[1].tolist() == [True, False, False, True, True] and act[[0, 2, 3]].all()
+    rand = active_table(20, 50, p_leave=0.2, down_rounds=2, seed=0)
+    assert np.array_equal(rand, active_table(20, 50, p_leave=0.2, down_rounds=2, seed=0))
+    assert 0.1 < 1 - rand.mean() < 0.5
+
+
+def test_time_varying_graphs():
+    hops = [sorted(graph_at("one_peer_exponential", 16, t, 0).neighbors(0)) for t in (1, 2, 3, 4)]
+    assert hops == [[1, 15], [2, 14], [4, 12], [8]]
+    m = graph_at("matching", 7, 3, seed=0)
+    assert max(d for _, d in m.degree) == 1 and m.number_of_edges() == 3
+    assert sorted(graph_at("erdos_renyi", 10, 2, 5).edges) == sorted(
+        graph_at("erdos_renyi", 10, 2, 5).edges
+    )
+    Pi = mixing_at("erdos_renyi", 10, 2, "metropolis_hastings", seed=5)
+    assert np.allclose(Pi.sum(0), 1) and np.allclose(Pi, Pi.T)
+
+
+def test_event_queue_breaks_ties_deterministically():
+    q = EventQueue()
+    q.push(1.0, 2, "combine", 0, 1)
+    q.push(1.0, 0, "publish", 3, 1)
+    q.push(1.0, 0, "publish", 1, 1)
+    q.push(0.5, 3, "begin", 9, 1)
+    assert [(e.kind, e.node) for e in (q.pop() for _ in range(4))] == [
+        ("begin", 9),
+        ("publish", 1),
+        ("publish", 3),
+        ("combine", 0),
+    ]
+
+
+def test_equal_speeds_make_every_mode_the_same_plan():
+    cfg, world = ring_world()
+    plans = [make_plan(world, m, 1e5, cfg.schedule) for m in ("sync", "async")]
+    bounded = tiny_config(schedule__mode="bounded", schedule__staleness=0).schedule
+    plans.append(make_plan(world, "bounded", 1e5, bounded))
+    assert plans[0].steps == plans[1].steps == plans[2].steps
+
+
+def test_plans_are_deterministic_and_async_beats_sync_with_stragglers():
+    kw = dict(straggler_fraction=0.25, straggler_factor=5.0, loss_p=0.2, latency_s=0.3)
+    cfg, world = ring_world(**kw)
+    again = build_world(cfg, world.Pi(1))
+    a1, a2 = (make_plan(w, "async", 1e5, cfg.schedule) for w in (world, again))
+    assert a1.events == a2.events and a1.steps == a2.steps
+    sync = make_plan(world, "sync", 1e5, cfg.schedule)
+    assert a1.round_end_s(6) > 0 and sync.round_end_s(6) > a1.round_end_s(6)
+    for plan in (a1, sync):
+        for st in plan.steps.values():
+            assert sum(rc.weight for rc in st.inbox) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+def test_bounded_staleness_is_never_exceeded(s):
+    cfg, world = ring_world(straggler_fraction=0.25, straggler_factor=5.0, latency_s=0.5)
+    bounded = make_plan(world, "bounded", 1e5, tiny_config(schedule__staleness=s).schedule)
+    assert max(st.max_lag_rounds for st in bounded.steps.values()) <= s
+    free = make_plan(world, "async", 1e5, cfg.schedule)
+    assert max(st.max_lag_rounds for st in free.steps.values()) > 2
+
+
+def test_lossy_link_is_never_heard_and_weights_renormalise():
+    cfg, world = ring_world(link_loss={"0-1": 1.0})
+    for mode in ("sync", "async"):
+        plan = make_plan(world, mode, 1e5, cfg.schedule)
+        inbox = plan.steps[(0, 3)].inbox
+        assert [rc.sender for rc in inbox] == [0, 7]
+        assert [rc.weight for rc in inbox] == [0.5, 0.5]
+        assert plan.steps[(0, 3)].dropped == 1
+    to_self = tiny_config(schedule__missing="to_self").schedule
+    inbox = make_plan(world, "sync", 1e5, to_self).steps[(0, 3)].inbox
+    assert [rc.weight for rc in inbox] == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_isolated_node_trains_alone_and_rejoins_from_neighbours():
+    cfg, world = ring_world(n=4, churn=[[1, 2, 4], [3, 2, 4]], rejoin="neighbours")
+    for mode in ("sync", "async"):
+        plan = make_plan(world, mode, 1e5, cfg.schedule)
+        assert (1, 2) not in plan.steps and (1, 4) in plan.steps
+        alone = plan.steps[(0, 2)].inbox
+        assert [(rc.sender, rc.weight) for rc in alone] == [(0, 1.0)]
+        assert {rc.sender for rc in plan.steps[(1, 4)].rejoin} <= {0, 2}
+        assert plan.steps[(1, 4)].rejoin
+
+
+def test_deadline_drops_late_messages():
+    cfg, world = ring_world(n=4, factors=[1, 1, 1, 10], compute="factors")
+    plan = make_plan(world, "deadline", 0.0, tiny_config(schedule__deadline_s=5.0).schedule)
+    assert plan.round_end_s(1) == 5.0
+    assert [rc.sender for rc in plan.steps[(0, 1)].inbox] == [0, 1]
+    assert plan.steps[(0, 1)].dropped == 1
+
+
+def test_drift_is_zero_for_doubly_stochastic_mixing_and_not_after_renormalising():
+    rng = np.random.default_rng(0)
+    before = [
+        Adapter(A={"m": rng.normal(size=(2, 5))}, B={"m": rng.normal(size=(6, 2))})
+        for _ in range(4)
+    ]
+    Pi = mixing_matrix(build_graph("ring", 4), "uniform")
+
+    def mixed(P):
+        As = mix_all(P, [a.A["m"] for a in before])
+        Bs = mix_all(P, [a.B["m"] for a in before])
+        return [Adapter(A={"m": A}, B={"m": B}) for A, B in zip(As, Bs)]
+
+    d = average_drift(before, mixed(Pi))
+    assert d["drift_A"] < 1e-12 and d["drift_B"] < 1e-12 and d["drift_product"] > 0
+    lossy = Pi.copy()
+    lossy[0, 1] = 0.0
+    lossy[0] /= lossy[0].sum()  # node 0 lost node 1's message and renormalised
+    assert average_drift(before, mixed(lossy))["drift_A"] > 1e-3
+    same = average_drift(before, before)
+    assert same == {"drift_A": 0.0, "drift_B": 0.0, "drift_product": 0.0}
+
+
+def test_time_budget_lets_fast_nodes_run_more_rounds_in_async_only():
+    cfg, world = ring_world(n=4, rounds=10, compute="factors", factors=[5, 1, 1, 1])
+    budget = tiny_config(schedule__time_budget_s=20.0).schedule
+    sync = make_plan(world, "sync", 0.0, budget)
+    free = make_plan(world, "async", 0.0, budget)
+    assert sync.last_round == 2  # rounds of 10 s (the straggler's) until 20 s
+    done = {i: max(t for j, t in free.steps if j == i) for i in range(4)}
+    assert done == {0: 2, 1: 10, 2: 10, 3: 10}
+    assert all(st.start_s < 20.0 for st in free.steps.values())
