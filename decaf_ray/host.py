@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from decaf_ray.algorithms import Adapter, Inbox, make_algorithm
+from decaf_ray.batched import adamw_step, node_losses, plan_groups, stacked_modules
 from decaf_ray.config import AlgorithmConfig, ModelConfig, TrainConfig
 from decaf_ray.model import ParamSlots, build_peft_model
 
@@ -109,6 +111,8 @@ class Host:
         torch.set_num_threads(spec.threads)
         use_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        if use_cuda:
+            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
         self.spec = spec
         # The base weights do not depend on the run's seed (tiny-bert's random ones use seed 0),
         # so one host serves every run of a sweep; the run's seed sets the initial adapters.
@@ -124,6 +128,8 @@ class Host:
         """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard)."""
         self.run = run
         self.algorithm = make_algorithm(run.algorithm)
+        mode = run.train.batched_nodes
+        self.batched = mode == "on" or (mode == "auto" and self.device.type == "cuda")
         self.eval_set = self._to_device(eval_set)
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
         return sorted(self.nodes)
@@ -175,7 +181,11 @@ class Host:
     def adapter(self, node_id: int) -> Adapter:
         """A numpy copy of node ``node_id``'s trainable state."""
         p = self.nodes[node_id].params
-        arr = {k: v.detach().to("cpu", copy=True).numpy() for k, v in p.items()}
+        return self._adapter_from(
+            {k: v.detach().to("cpu", copy=True).numpy() for k, v in p.items()}
+        )
+
+    def _adapter_from(self, arr: dict[str, np.ndarray]) -> Adapter:
         mods = self.slots.modules
         return Adapter(
             A={m: arr[f"{m}.A"] for m in mods},
@@ -198,7 +208,13 @@ class Host:
     ) -> dict[int, TrainResult]:
         """Run tau local steps on the given nodes (default all), one node after another."""
         ids = sorted(self.nodes) if node_ids is None else node_ids
-        return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
+        if not self.batched:
+            return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
+        sizes = {i: len(self.nodes[i].shard["labels"]) for i in ids}
+        out = {}
+        for group in plan_groups(sizes, self.run.train.batch_size, self.run.train.batched_max_rows):
+            out.update(self._train_group([self.nodes[i] for i in group], round_idx, lr))
+        return out
 
     def _train_node(self, node: _Node, round_idx: int, lr: float) -> TrainResult:
         t0 = time.perf_counter()
@@ -219,6 +235,85 @@ class Host:
         adapter = self.adapter(node.node_id)
         message = self.algorithm.message(adapter)
         return TrainResult(loss, time.perf_counter() - t0, adapter, message)
+
+    def _train_group(self, nodes: list[_Node], round_idx: int, lr: float) -> dict[int, TrainResult]:
+        """Local steps of k nodes in one pass over the shared base (see decaf_ray.batched)."""
+        t0 = time.perf_counter()
+        k, keys = len(nodes), list(nodes[0].params)
+        stacks = {key: torch.stack([n.params[key].detach() for n in nodes]) for key in keys}
+        trainable = [key for key in keys if nodes[0].params[key].requires_grad]
+        for key in trainable:
+            stacks[key].requires_grad_(True)
+        moments = {key: self._stack_moments(nodes, key) for key in trainable}
+        torch.manual_seed(derived_seed(self.run.seed, nodes[0].node_id, round_idx))  # dropout
+        self.model.train()
+        losses = []
+        with stacked_modules(self.model, self.slots, stacks):
+            for _ in range(self.run.train.local_steps):
+                batches = [
+                    _batch(
+                        n.shard,
+                        torch.as_tensor(
+                            n.next_batch(self.run.train.batch_size), device=self.device
+                        ),
+                    )
+                    for n in nodes
+                ]
+                batch = _concat(batches)
+                logits = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+                per_node = node_losses(logits, batch["labels"], k)
+                per_node.sum().backward()
+                group = nodes[0].optimizer.param_groups[0]
+                for key in trainable:
+                    m, v, steps = moments[key]
+                    adamw_step(
+                        stacks[key].data,
+                        stacks[key].grad,
+                        m,
+                        v,
+                        steps,
+                        lr=lr,
+                        betas=group["betas"],
+                        eps=group["eps"],
+                        weight_decay=group["weight_decay"],
+                    )
+                    stacks[key].grad = None
+                losses.append(per_node.detach())
+        out = {}
+        host_stacks = {key: x.detach().cpu().numpy() for key, x in stacks.items()}  # one copy
+        per_node_s = (time.perf_counter() - t0) / k
+        mean_losses = torch.stack(losses).mean(dim=0).tolist()
+        for j, node in enumerate(nodes):
+            with torch.no_grad():
+                for key in keys:
+                    node.params[key].copy_(stacks[key][j])
+            for key in trainable:
+                m, v, steps = moments[key]
+                node.optimizer.state[node.params[key]] = {
+                    "step": steps[j].clone(),
+                    "exp_avg": m[j].clone(),
+                    "exp_avg_sq": v[j].clone(),
+                }
+            for g in node.optimizer.param_groups:
+                g["lr"] = lr
+            adapter = self._adapter_from({key: x[j].copy() for key, x in host_stacks.items()})
+            out[node.node_id] = TrainResult(
+                mean_losses[j], per_node_s, adapter, self.algorithm.message(adapter)
+            )
+        return out
+
+    def _stack_moments(self, nodes: list[_Node], key: str):
+        """(exp_avg, exp_avg_sq, steps) of ``key`` over the group, zeros where none yet."""
+        ms, vs, steps = [], [], []
+        for n in nodes:
+            p = n.params[key]
+            st = n.optimizer.state.get(p, {})
+            ms.append(st["exp_avg"] if st else torch.zeros_like(p))
+            vs.append(st["exp_avg_sq"] if st else torch.zeros_like(p))
+            steps.append(float(st["step"]) if st else 0.0)
+        return torch.stack(ms), torch.stack(vs), torch.tensor(steps, device=self.device)
 
     def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
         """Each listed node combines its (weight, message) inbox with the algorithm's rule."""
@@ -278,6 +373,20 @@ def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.
         "input_ids": data["input_ids"][idx, :length],
         "attention_mask": mask[:, :length],
         "labels": data["labels"][idx],
+    }
+
+
+def _concat(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Node-major concatenation of batches, padded to the longest sequence among them."""
+    length = max(b["input_ids"].shape[1] for b in batches)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, length - x.shape[1]))
+
+    return {
+        "input_ids": torch.cat([pad(b["input_ids"]) for b in batches]),
+        "attention_mask": torch.cat([pad(b["attention_mask"]) for b in batches]),
+        "labels": torch.cat([b["labels"] for b in batches]),
     }
 
 

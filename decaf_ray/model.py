@@ -64,7 +64,9 @@ def build_peft_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         base = AutoModelForSequenceClassification.from_config(config)
     else:
         path = model_path(cfg)
-        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=torch.float32
+        )
     if getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = 0
     _check_targets(base, cfg)

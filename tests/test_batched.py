@@ -1,0 +1,92 @@
+"""Batched multi-node training equals training the nodes one after another (no Ray needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from decaf_ray.batched import StackedLinear, adamw_step, plan_groups
+from decaf_ray.host import Host, HostSpec, RunSpec
+from decaf_ray.prepare import prepare
+
+
+def _host(cfg, prep) -> Host:
+    host = Host(HostSpec(cfg.model, prep.num_labels, threads=1, device="cpu"))
+    for m in host.model.modules():  # dropout draws differ between the paths: switch it off
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    run = RunSpec(cfg.algorithm, cfg.train, cfg.eval.batch_size, cfg.model.same_init, cfg.seed)
+    host.setup(run, prep.shards, prep.eval_set)
+    return host
+
+
+@pytest.mark.parametrize("algorithm", ["decaf", "dlora_fa"])
+def test_batched_updates_equal_sequential_after_several_steps(algorithm):
+    seq_cfg = tiny_config(
+        algorithm__name=algorithm,
+        train__batched_nodes="off",
+        train__local_steps=3,
+        model__same_init=False,
+    )
+    bat_cfg = tiny_config(
+        algorithm__name=algorithm,
+        train__batched_nodes="on",
+        train__local_steps=3,
+        model__same_init=False,
+        train__batched_max_rows=16,
+    )  # 2 groups of 2 nodes
+    prep = prepare(seq_cfg)
+    seq, bat = _host(seq_cfg, prep), _host(bat_cfg, prep)
+    assert bat.batched and not seq.batched
+    for t in (1, 2, 3):
+        a, b = seq.train(t, lr=5e-3), bat.train(t, lr=5e-3)
+        for i in a:
+            assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
+            for part in ("A", "B", "extra"):
+                for key, x in getattr(a[i].adapter, part).items():
+                    y = getattr(b[i].adapter, part)[key]
+                    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6, err_msg=key)
+    # optimizer moments carried over exactly as AdamW keeps them
+    for i, node in seq.nodes.items():
+        for key, p in node.params.items():
+            if p.requires_grad:
+                sa = node.optimizer.state[p]
+                sb = bat.nodes[i].optimizer.state[bat.nodes[i].params[key]]
+                assert float(sa["step"]) == float(sb["step"]) == 9
+                torch.testing.assert_close(sb["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+
+
+def test_stacked_linear_matches_per_node_linear():
+    torch.manual_seed(0)
+    W, b = torch.randn(3, 5, 4), torch.randn(3, 5)
+    x = torch.randn(3 * 2, 7, 4)
+    y = StackedLinear(W, b)(x)
+    for j in range(3):
+        ref = nn.functional.linear(x[2 * j : 2 * j + 2], W[j], b[j])
+        torch.testing.assert_close(y[2 * j : 2 * j + 2], ref)
+
+
+def test_adamw_step_equals_torch_adamw_per_node():
+    torch.manual_seed(1)
+    k = 3
+    params = [nn.Parameter(torch.randn(4, 2)) for _ in range(k)]
+    opts = [torch.optim.AdamW([p], lr=0.01, weight_decay=0.1) for p in params]
+    stack = torch.stack([p.detach().clone() for p in params])
+    m, v, steps = torch.zeros_like(stack), torch.zeros_like(stack), torch.zeros(k)
+    for _ in range(4):
+        grads = torch.randn(k, 4, 2)
+        for j in range(k):
+            params[j].grad = grads[j].clone()
+            opts[j].step()
+        adamw_step(
+            stack, grads, m, v, steps, lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1
+        )
+    torch.testing.assert_close(stack, torch.stack([p.detach() for p in params]))
+
+
+def test_groups_bound_rows_and_share_a_batch_size():
+    groups = plan_groups({0: 100, 1: 100, 2: 3, 3: 100, 4: 100}, batch_size=8, max_rows=16)
+    assert groups == [[2], [0, 1], [3, 4]]
