@@ -30,6 +30,11 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; \
 	exit $$rc
 
+# Simulator overhead vs bare torch, memory per node, phase times, TSVD speed-up (~10 min on
+# 2 cores); the table goes to runs/out/bench-<time>/. Full size: see README, "Performance".
+bench: $(STAMP)
+	$(VENV)/bin/decaf-ray bench
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 

@@ -1,4 +1,4 @@
-"""Command line: ``decaf-ray run``, ``decaf-ray topologies``.
+"""Command line: ``decaf-ray run``, ``decaf-ray topologies``, ``decaf-ray bench``.
 
 Errors a user can fix (bad config, missing data, invalid graph) are printed as one message
 with exit status 2, never as a traceback.
@@ -57,7 +57,38 @@ def _parser() -> argparse.ArgumentParser:
         "1 - |lambda_2| of each rule (larger gap = faster gossip).",
     )
     t.add_argument("--n", type=int, default=16, help="number of nodes (default 16)")
+    _add_bench_parser(sub)
     return p
+
+
+def _add_bench_parser(sub) -> None:
+    from decaf_ray.bench import BenchOptions
+
+    d = BenchOptions()
+    b = sub.add_parser(
+        "bench",
+        help="measure simulator overhead vs bare compute, memory per node, TSVD speed-up",
+        description="Simulated decaf rounds (ring, MiniLM + LoRA r=8) side by side with the "
+        "same local steps in bare torch; memory per added node; start and phase times; "
+        "factored vs dense TSVD. Writes bench.txt, bench.csv and rounds.csv to "
+        "runs/out/bench-<time>/. Full size: --nodes 16 64 256 --max-length 64 --local-steps 1",
+    )
+    b.add_argument("--nodes", type=int, nargs="+", default=list(d.nodes), help="node counts")
+    b.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text")
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--local-steps", type=int, default=d.local_steps, help="tau per round")
+    b.add_argument("--rounds", type=int, default=d.rounds, help="rounds per size (1st: warm-up)")
+    b.add_argument(
+        "--small-nodes",
+        type=int,
+        nargs="*",
+        default=list(d.small_nodes),
+        help="node counts of the small-compute regime (max_length 32, batch 4); none to skip",
+    )
+    b.add_argument("--tsvd-dim", type=int, default=d.tsvd_dim, help="d of the d x d TSVD")
+    b.add_argument("--tsvd-dense-repeats", type=int, default=d.tsvd_dense_repeats)
+    b.add_argument("--num-cpus", type=int, default=d.num_cpus, help="CPUs of the local Ray")
+    b.add_argument("--out", default=d.out_dir, help="parent folder of the run folder")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -107,11 +138,34 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from decaf_ray.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(
+        nodes=tuple(args.nodes),
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        local_steps=args.local_steps,
+        rounds=args.rounds,
+        small_nodes=tuple(args.small_nodes),
+        tsvd_dim=args.tsvd_dim,
+        tsvd_dense_repeats=args.tsvd_dense_repeats,
+        num_cpus=args.num_cpus,
+        out_dir=args.out,
+    )
+    root, text = run_bench(opts)
+    print(text)
+    print(f"\nresults: {root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_topologies(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line
         print(f"decaf-ray: error: {exc}", file=sys.stderr)

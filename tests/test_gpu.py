@@ -7,17 +7,16 @@ import torch
 
 from decaf_ray.log import NETWORK
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU on this machine"
-)
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 
 def test_hosts_are_pinned_to_the_gpu_and_train_there(pool, tmp_path):
     from conftest import tiny_config
     from decaf_ray.runner import run_one
 
-    cfg = tiny_config(algorithm__name="decaf", cluster__gpus_per_host=0.5,
-                      cluster__nodes_per_actor=2)
+    cfg = tiny_config(
+        algorithm__name="decaf", cluster__gpus_per_host=0.5, cluster__nodes_per_actor=2
+    )
     frame = run_one(cfg, tmp_path, pool)
     import json
 

@@ -1,0 +1,375 @@
+"""``decaf-ray bench``: how far a simulated round is from bare compute, and what it costs.
+
+Side by side in one run, on the same machine:
+
+- **overhead ratio**: wall seconds of a simulated decaf round (the real engine:
+  :class:`~decaf_ray.coordinator.Simulation` on warm Ray hosts, ring, MiniLM + LoRA r = 8) over
+  the *floor*, the same local steps (same model, shards, batches, steps) in plain torch with no
+  Ray and no exchange (:mod:`decaf_ray.floor`), in the faster of its two layouts. Simulated and
+  floor rounds are interleaved (the order rotates each round); the first round is warm-up and
+  the medians of the others are compared.
+- **memory per additional node**: the growth of the summed proportional set size (PSS) of the
+  host actor processes between the smallest and the largest node count, per added node.
+- **start and per-round phase times**: Ray start, host start (cold and warm), and the engine's
+  own logged ``exchange_s``, ``combine_s`` and ``metrics_s``.
+- **factored vs dense TSVD** of sum_j w_j B_j A_j at d x d with m neighbours of rank r.
+
+Every figure is printed next to its target; the table goes to ``bench.txt`` and ``bench.csv``
+in the run folder, with the per-round times in ``rounds.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from decaf_ray.config import RunConfig, config_from_dict
+from decaf_ray.math import tsvd_dense, tsvd_factored
+
+TARGETS = {  # from issue 4, for a 2-core CPU
+    "overhead": 1.03,  # at 16 and 64 nodes
+    "overhead_256": 1.05,  # at 256 nodes and more
+    "overhead_small": 1.25,  # small-compute regime (max_length 32, batch 4)
+    "mb_per_node": 5.0,
+    "tsvd_speedup": 100.0,
+}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    nodes: tuple[int, ...] = (16, 64)
+    max_length: int = 64
+    batch_size: int = 16
+    local_steps: int = 1
+    rounds: int = 4  # per size; the first is warm-up
+    small_nodes: tuple[int, ...] = (64,)  # small-compute regime; () skips it
+    small_max_length: int = 32
+    small_batch_size: int = 4
+    tsvd_dim: int = 4096
+    tsvd_neighbours: int = 5
+    tsvd_rank: int = 8
+    tsvd_repeats: int = 7  # factored TSVD (milliseconds)
+    tsvd_dense_repeats: int = 1  # dense TSVD (a minute or two at 4096 on 2 cores)
+    num_cpus: int | None = None  # CPUs of the local Ray cluster (None: all)
+    seed: int = 0
+    out_dir: str = "runs/out"
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    setting: str
+    value: float
+    unit: str
+    target: str  # e.g. "<= 1.03"; "" when the issue sets none
+    meets: str  # "yes", "no" or ""
+    detail: str
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _check(value: float, op: str, bound: float) -> tuple[str, str]:
+    ok = value <= bound if op == "<=" else value >= bound
+    return f"{op} {bound:g}", "yes" if ok else "no"
+
+
+# --------------------------------------------------------------------------- TSVD
+
+
+def bench_tsvd(opts: BenchOptions) -> list[Row]:
+    """Median seconds of factored vs dense rank-r TSVD of sum_j w_j B_j A_j, (d, d)."""
+    d, m, r = opts.tsvd_dim, opts.tsvd_neighbours, opts.tsvd_rank
+    rng = np.random.default_rng(opts.seed)
+    Bs = [rng.standard_normal((d, r)) for _ in range(m)]  # (d, r) each
+    As = [rng.standard_normal((r, d)) for _ in range(m)]  # (r, d) each
+    w = np.full(m, 1.0 / m)
+    fact_s, dense_s = [], []
+    for _ in range(opts.tsvd_repeats):
+        t0 = time.perf_counter()
+        fact = tsvd_factored(Bs, As, w, r)
+        fact_s.append(time.perf_counter() - t0)
+    for _ in range(opts.tsvd_dense_repeats):
+        t0 = time.perf_counter()
+        P = sum(wj * (B @ A) for wj, B, A in zip(w, Bs, As))  # (d, d): the dense path forms P
+        dense = tsvd_dense(P, r)
+        dense_s.append(time.perf_counter() - t0)
+        del P
+    gap = float(np.max(np.abs(fact.S - dense.S)) / dense.S[0])
+    ratio = _median(dense_s) / _median(fact_s)
+    target, meets = _check(ratio, ">=", TARGETS["tsvd_speedup"])
+    setting = f"{d}x{d}, m*r={m}x{r}={m * r}"
+    return [
+        Row(
+            "tsvd factored",
+            setting,
+            _median(fact_s),
+            "s",
+            "",
+            "",
+            f"median of {len(fact_s)}; fastest {min(fact_s):.4f} s",
+        ),
+        Row(
+            "tsvd dense",
+            setting,
+            _median(dense_s),
+            "s",
+            "",
+            "",
+            f"median of {len(dense_s)}; forms P then np.linalg.svd",
+        ),
+        Row(
+            "tsvd speed-up",
+            setting,
+            ratio,
+            "x",
+            target,
+            meets,
+            f"max |S_fact - S_dense| / S_1 = {gap:.1e}",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- overhead
+
+
+def bench_config(
+    n: int, max_length: int, batch_size: int, local_steps: int, opts: BenchOptions
+) -> RunConfig:
+    """A decaf run on a ring with MiniLM + LoRA r = 8 that never evaluates: the benchmark
+    times ``opts.rounds`` rounds one by one, and a run evaluates only every ``eval.every``
+    rounds and after its last one, so both lie one round past them."""
+    return config_from_dict(
+        {
+            "name": f"bench-n{n}-L{max_length}-b{batch_size}",
+            "seed": opts.seed,
+            "algorithm": {"name": "decaf"},
+            "topology": {"name": "ring", "n": n, "mixing": "uniform"},
+            "data": {
+                "max_samples": None,
+                "eval_samples": 16,
+                "partition": "iid",
+                "max_length": max_length,
+            },
+            "model": {"name": "minilm", "r": 8, "alpha": 16},
+            "train": {
+                "rounds": opts.rounds + 1,
+                "local_steps": local_steps,
+                "batch_size": batch_size,
+            },
+            "eval": {"every": opts.rounds + 1, "network_average": False},
+            "cluster": {"num_cpus": opts.num_cpus},
+            "output": {"progress": False},
+        }
+    )
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Summed proportional set size of processes ``pids``."""
+    return int(sum(psutil.Process(p).memory_full_info().pss for p in pids))
+
+
+def measure_round_overhead(
+    cfg: RunConfig, rounds: int, pool, run_root: Path
+) -> tuple[dict, pd.DataFrame]:
+    """Interleave ``rounds`` simulated rounds with floor rounds of both layouts.
+
+    Returns a summary (medians over rounds 2.., setup seconds, host PSS) and the per-round times.
+    """
+    from decaf_ray.coordinator import Simulation, learning_rate
+    from decaf_ray.floor import floor_layouts
+    from decaf_ray.host import HostSpec, RunSpec
+    from decaf_ray.log import NETWORK, MetricsLog
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(cfg)
+    log = MetricsLog(run_root / cfg.name)
+    sim = Simulation(cfg, prep, pool, log)
+    spec = HostSpec(cfg.model, prep.num_labels, cfg.cluster.threads_per_host, cfg.cluster.device)
+    run = RunSpec(cfg.algorithm, cfg.train, cfg.eval.batch_size, cfg.model.same_init, cfg.seed)
+    floors = floor_layouts(spec, run, prep.shards, prep.eval_set, sim.blocks)
+    contenders = ["sim"] + [f.name for f in floors]
+    by_name = {f.name: f for f in floors}
+    rows = []
+    try:
+        for t in range(1, rounds + 1):
+            lr = learning_rate(cfg, t)
+            k = (t - 1) % len(contenders)
+            for name in contenders[k:] + contenders[:k]:  # rotate who goes first
+                t0 = time.perf_counter()
+                if name == "sim":
+                    sim.run_round(t)
+                else:
+                    by_name[name].train_round(t, lr)
+                wall_s = time.perf_counter() - t0
+                rows.append({"run": cfg.name, "round": t, "who": name, "wall_s": wall_s})
+            last = {r["who"]: r["wall_s"] for r in rows[-len(contenders) :]}
+            _say(
+                f"  {cfg.name} round {t}/{rounds}: "
+                + ", ".join(f"{w} {s:.2f} s" for w, s in last.items())
+            )
+        host_pss = pss_bytes([int(p["pid"]) for p in sim.placement])
+    finally:
+        for f in floors:
+            f.stop()
+    times = pd.DataFrame(rows)
+    timed = times[times["round"] > 1] if rounds > 1 else times
+    med = timed.groupby("who")["wall_s"].median()
+    floor_name = min((f.name for f in floors), key=lambda name: med[name])
+    net = log.frame()
+    net = net[(net["node"] == NETWORK) & (net["round"] > (1 if rounds > 1 else 0))]
+    phase = net.groupby("metric")["value"].median()
+    summary = {
+        "n": prep.n,
+        "hosts": len(sim.blocks),
+        "setup_s": sim.setup_s,
+        "sim_s": float(med["sim"]),
+        "floor_s": float(med[floor_name]),
+        "floor_layout": floor_name,
+        "floors": {f.name: float(med[f.name]) for f in floors},
+        "exchange_s": float(phase.get("exchange_s", float("nan"))),
+        "combine_s": float(phase.get("combine_s", float("nan"))),
+        "metrics_s": float(phase.get("metrics_s", float("nan"))),
+        "host_pss_bytes": host_pss,
+        "measured_rounds": int(timed["round"].nunique()),
+    }
+    return summary, times
+
+
+def _overhead_row(s: dict, setting: str, bound: float) -> Row:
+    ratio = s["sim_s"] / s["floor_s"]
+    target, meets = _check(ratio, "<=", bound)
+    floors = "; ".join(f"{k} {v:.2f} s" for k, v in s["floors"].items())
+    return Row(
+        "overhead ratio",
+        setting,
+        ratio,
+        "x",
+        target,
+        meets,
+        f"sim {s['sim_s']:.2f} s / floor {s['floor_s']:.2f} s ({floors}); "
+        f"median of {s['measured_rounds']} rounds",
+    )
+
+
+def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.DataFrame]:
+    """Overhead, memory and phase times of the engine, on one local Ray and one host pool."""
+    from decaf_ray import cluster
+
+    t0 = time.perf_counter()
+    started = cluster.connect(None, opts.num_cpus)
+    ray_start_s = time.perf_counter() - t0
+    pool = cluster.HostPool()
+    rows: list[Row] = []
+    if started:
+        rows.append(Row("ray start", "local, ray.init", ray_start_s, "s", "", "", ""))
+    summaries: list[tuple[str, dict]] = []
+    frames = []
+    try:
+        regimes = [(n, opts.max_length, opts.batch_size, False) for n in sorted(opts.nodes)]
+        regimes += [
+            (n, opts.small_max_length, opts.small_batch_size, True) for n in opts.small_nodes
+        ]
+        for k, (n, length, batch, small) in enumerate(regimes):
+            cfg = bench_config(n, length, batch, opts.local_steps, opts)
+            setting = f"n={n}, L={length}, b={batch}, steps={opts.local_steps}"
+            _say(f"overhead: {setting}")
+            s, times = measure_round_overhead(cfg, opts.rounds, pool, run_root)
+            frames.append(times)
+            summaries.append((setting, s))
+            bound = TARGETS[
+                "overhead_small" if small else "overhead" if n < 256 else "overhead_256"
+            ]
+            rows.append(_overhead_row(s, setting + (" (small compute)" if small else ""), bound))
+            what = "host start + setup (cold)" if k == 0 else "host setup (warm hosts)"
+            rows.append(Row(what, setting, s["setup_s"], "s", "", "", f"{s['hosts']} host actors"))
+            for key in ("exchange_s", "combine_s", "metrics_s"):
+                rows.append(
+                    Row(
+                        f"{key.removesuffix('_s')} per round",
+                        setting,
+                        s[key],
+                        "s",
+                        "",
+                        "",
+                        f"engine's {key}, median",
+                    )
+                )
+    finally:
+        pool.clear()
+        if started:
+            cluster.shutdown()
+    main = [(st, s) for st, s in summaries[: len(opts.nodes)]]
+    if len(main) >= 2:
+        (_, lo), (_, hi) = main[0], main[-1]
+        if hi["n"] > lo["n"]:
+            per_node = (hi["host_pss_bytes"] - lo["host_pss_bytes"]) / (hi["n"] - lo["n"]) / 2**20
+            target, meets = _check(per_node, "<=", TARGETS["mb_per_node"])
+            rows.append(
+                Row(
+                    "memory per added node",
+                    f"n={lo['n']} -> {hi['n']}",
+                    per_node,
+                    "MiB",
+                    target,
+                    meets,
+                    f"host PSS {lo['host_pss_bytes'] / 2**20:.0f} -> "
+                    f"{hi['host_pss_bytes'] / 2**20:.0f} MiB over {hi['hosts']} hosts",
+                )
+            )
+    return rows, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    mem = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{mem:.0f} GiB RAM, {gpu}; torch {torch.__version__}; load average at start {load}"
+    )
+
+
+def format_table(rows: list[Row]) -> str:
+    frame = pd.DataFrame([r.__dict__ for r in rows])
+    frame["value"] = frame["value"].map(lambda v: f"{v:.4g}")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 120):
+        return frame.to_string(index=False)
+
+
+def run_bench(opts: BenchOptions) -> tuple[Path, str]:
+    """Run every part; write bench.csv, bench.txt and rounds.csv; return folder and text."""
+    from decaf_ray.runner import new_run_dir
+
+    root = new_run_dir(Path(opts.out_dir), f"bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    header = f"decaf-ray bench on {machine()}\noptions: {opts}\n"
+    _say(header)
+    t0 = time.perf_counter()
+    _say("tsvd: factored vs dense")
+    rows = bench_tsvd(opts)
+    engine_rows, times = bench_engine(opts, root)
+    rows += engine_rows
+    pd.DataFrame([r.__dict__ for r in rows]).to_csv(root / "bench.csv", index=False)
+    times.to_csv(root / "rounds.csv", index=False)
+    text = header + "\n" + format_table(rows) + f"\n\nbench took {time.perf_counter() - t0:.0f} s"
+    (root / "bench.txt").write_text(text + "\n")
+    return root, text
