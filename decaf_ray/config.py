@@ -84,6 +84,7 @@ class EvalConfig:
     every: int = 5  # evaluate every k rounds (and always after the last one)
     batch_size: int = 64
     network_average: bool = True  # also evaluate the model with the average of all nodes' updates
+    metrics_every: int = 1  # consensus and drift metrics every k rounds (they cost O(n d r k))
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,8 @@ def _validate(cfg: RunConfig) -> list[str]:
             p.append(f"train.{key}={v} must be at least 1")
     if cfg.train.lr <= 0:
         p.append(f"train.lr={cfg.train.lr} must be positive")
+    if cfg.eval.metrics_every < 1:
+        p.append(f"eval.metrics_every={cfg.eval.metrics_every} must be at least 1")
     if cfg.eval.every < 1:
         p.append(f"eval.every={cfg.eval.every} must be at least 1")
     if cfg.cluster.nodes_per_actor is not None and cfg.cluster.nodes_per_actor < 1:

@@ -123,7 +123,9 @@ class Simulation:
         log.add_nodes(t, "train_loss", {i: r["loss"] for i, r in trained.items()})
         log.add_nodes(t, "node_train_s", {i: r["train_s"] for i, r in trained.items()})
         self.states.update({i: r["state"] for i, r in trained.items()})
-        before = cluster.get(self.state_refs(range(n)))
+        measure = t % self.cfg.eval.metrics_every == 0 or t == self.plan.last_round
+        evaluate = t % self.cfg.eval.every == 0 or t == self.plan.last_round
+        before = cluster.get(self.state_refs(range(n))) if measure else None
 
         # 2. exchange + combine
         t0 = time.perf_counter()
@@ -150,11 +152,12 @@ class Simulation:
 
         # 3. consensus metrics from the adapters the hosts published
         t0 = time.perf_counter()
-        adapters = cluster.get(self.state_refs(range(n)))
-        for key, value in consensus_metrics(adapters).items():
-            log.add(t, NETWORK, key, value)
-        for key, value in average_drift(before, adapters).items():
-            log.add(t, NETWORK, key, value)
+        adapters = cluster.get(self.state_refs(range(n))) if measure or evaluate else None
+        if measure:
+            for key, value in consensus_metrics(adapters).items():
+                log.add(t, NETWORK, key, value)
+            for key, value in average_drift(before, adapters).items():
+                log.add(t, NETWORK, key, value)
         log.add(t, NETWORK, "virtual_s", log.virtual_s)
         self.log_steps(list(steps.values()))
         log.virtual_s = self.plan.round_end_s(t) if steps else log.virtual_s
@@ -162,7 +165,7 @@ class Simulation:
 
         # 4. evaluation every k rounds
         eval_s = 0.0
-        if t % self.cfg.eval.every == 0 or t == self.plan.last_round:
+        if evaluate:
             t0 = time.perf_counter()
             self._evaluate(t, adapters)
             eval_s = time.perf_counter() - t0

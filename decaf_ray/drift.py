@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from decaf_ray.algorithms.base import Adapter
+from decaf_ray.math import lowrank_sq_norm
 
 
 def average_drift(before: Sequence[Adapter], after: Sequence[Adapter]) -> dict[str, float]:
@@ -39,6 +40,5 @@ def average_drift(before: Sequence[Adapter], after: Sequence[Adapter]) -> dict[s
             / n
         )  # (d, 2 n r)
         Ac = np.concatenate([a.A[m].astype(np.float64) for a in (*after, *before)], axis=0)
-        sq = float(np.sum((Bc.T @ Bc) * (Ac @ Ac.T)))  # tr(G_B G_A), both symmetric
-        out["drift_product"] += float(np.sqrt(max(sq, 0.0)))
+        out["drift_product"] += float(np.sqrt(lowrank_sq_norm([Bc], [Ac])))
     return out

@@ -159,19 +159,21 @@ class EventSimulation(Simulation):
     def _log_round(self, t: int, inflight: dict) -> None:
         n, log = self.prep.n, self.log
         log.virtual_s = self.plan.round_end_s(t) or log.virtual_s
-        after = cluster.get([self._state_at(i, t, self.final) for i in range(n)])
-        before = cluster.get(
-            [
-                self.trained[(i, t)]
-                if (i, t) in self.plan.steps
-                else self._state_at(i, t, self.final)
-                for i in range(n)
-            ]
-        )
-        for key, value in consensus_metrics(after).items():
-            log.add(t, NETWORK, key, value)
-        for key, value in average_drift(before, after).items():
-            log.add(t, NETWORK, key, value)
+        last = t == self.plan.last_round
+        if t % self.cfg.eval.metrics_every == 0 or last:
+            after = cluster.get([self._state_at(i, t, self.final) for i in range(n)])
+            before = cluster.get(
+                [
+                    self.trained[(i, t)]
+                    if (i, t) in self.plan.steps
+                    else self._state_at(i, t, self.final)
+                    for i in range(n)
+                ]
+            )
+            for key, value in consensus_metrics(after).items():
+                log.add(t, NETWORK, key, value)
+            for key, value in average_drift(before, after).items():
+                log.add(t, NETWORK, key, value)
         log.add(t, NETWORK, "virtual_s", log.virtual_s)
         losses = [v for (i, r), v in self._losses.items() if r == t]
         if losses:
@@ -181,6 +183,7 @@ class EventSimulation(Simulation):
                 ref = self.host_of[i].evaluate_adapter.remote(self._state_at(i, t, self.final))
                 inflight[ref] = ("eval", (t, i))
             if self.cfg.eval.network_average:
+                after = cluster.get([self._state_at(i, t, self.final) for i in range(n)])
                 ref = self.hosts[0].evaluate_adapter.remote(network_average(after))
                 inflight[ref] = ("eval", (t, NETWORK))
         log.flush()

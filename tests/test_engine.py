@@ -106,3 +106,9 @@ def test_non_iid_partition_is_logged(run_tiny):
     counts = frame[frame.metric.str.startswith("label_count:")]
     assert counts.node.nunique() == 4 and counts.metric.nunique() == 5
     assert counts.value.sum() == 128  # 160 samples, 20% held out
+
+
+def test_metrics_every_k_rounds_and_after_the_last(run_tiny):
+    frame = run_tiny(algorithm__name="dlora", train__rounds=3, eval__metrics_every=2)
+    assert list(net(frame, "product_consensus").index) == [2, 3]
+    assert list(per_node(frame, "train_loss").index) == [1, 2, 3]

@@ -31,10 +31,17 @@ def _gram_sq_norm(B_cat: np.ndarray, A_cat: np.ndarray) -> float:
     """||B_cat A_cat||_F^2 = sum((B_cat^T B_cat) * (A_cat A_cat^T)), clamped at 0.
 
     B_cat is (d, R), A_cat is (R, k); the Grams are R x R and symmetric, so the trace of their
-    product is the sum of their elementwise product.
+    product is the sum of their elementwise product. Cost O(R^2 (d + k)). When the stack is
+    wider than the layer (d k <= R (d + k), e.g. a whole network of small adapters) the product
+    itself is cheaper, O(d R k), and no larger than the factors already in memory: use it.
     """
-    if B_cat.shape[1] == 0:
+    d, R = B_cat.shape
+    if R == 0:
         return 0.0
+    k = A_cat.shape[1]
+    if d * k <= R * (d + k):
+        P = B_cat @ A_cat
+        return float(np.sum(P * P))
     G_B = B_cat.T @ B_cat
     G_A = A_cat @ A_cat.T
     return max(float(np.sum(G_B * G_A)), 0.0)
