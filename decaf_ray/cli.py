@@ -11,7 +11,8 @@ import sys
 
 EPILOG = """examples:
   decaf-ray run runs/demo.yaml
-  decaf-ray run runs/ring_noniid.yaml --set train.rounds=5 --set algorithm.name=dlora
+  decaf-ray run runs/paper_ring_noniid.yaml --set train.rounds=5 --set topology.n=16
+  decaf-ray run runs/straggler_study.yaml             # sync vs async vs bounded
   decaf-ray run runs/demo.yaml --address auto          # join a running Ray cluster
   decaf-ray topologies --n 16
 Results go to runs/out/<name>-<time>/ (config.yaml, metrics.parquet, summary.csv);
