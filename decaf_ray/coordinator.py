@@ -133,14 +133,7 @@ class Simulation:
         bytes_sent = {i: 0.0 for i in range(n)}
         if self.algorithm.communicates:
             plan, bytes_sent = self._plan(t, trained, steps)
-            pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
-            pairs = [(h, ids) for h, ids in pairs if ids]
-            outs = cluster.gather(
-                [h.combine_refs.remote({i: plan[i] for i in ids}) for h, ids in pairs],
-                "combine",
-                t,
-                [ids for _, ids in pairs],
-            )
+            outs = self._combine_on_hosts(plan, "combine", t)
             fetch_s = max((o["fetch_s"] for o in outs), default=0.0)
             for o in outs:
                 for i, r in o["nodes"].items():
@@ -182,21 +175,24 @@ class Simulation:
             log.add(t, NETWORK, "train_loss", float(np.mean([r["loss"] for r in trained.values()])))
         log.flush()
 
+    def _combine_on_hosts(self, plan: dict[int, list], what: str, t: int) -> list[dict]:
+        """Send each host the inboxes (node -> [(weight, ref)]) of its nodes; gather replies."""
+        pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
+        pairs = [(h, ids) for h, ids in pairs if ids]
+        return cluster.gather(
+            [h.combine_refs.remote({i: plan[i] for i in ids}) for h, ids in pairs],
+            what,
+            t,
+            [ids for _, ids in pairs],
+        )
+
     def _rejoin(self, t: int, steps: list[Step]) -> None:
         """Nodes back from churn with ``rejoin: neighbours`` start from their neighbours' mix."""
         if not steps:
             return
         self.state_refs(range(self.prep.n))
         plan = {st.node: [(rc.weight, self.states[rc.sender]) for rc in st.rejoin] for st in steps}
-        pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
-        pairs = [(h, ids) for h, ids in pairs if ids]
-        outs = cluster.gather(
-            [h.combine_refs.remote({i: plan[i] for i in ids}) for h, ids in pairs],
-            "rejoin",
-            t,
-            [ids for _, ids in pairs],
-        )
-        for o in outs:
+        for o in self._combine_on_hosts(plan, "rejoin", t):
             for i, r in o["nodes"].items():
                 self.states[i] = r["state"]
 

@@ -94,14 +94,22 @@ def erdos_renyi(n: int, p: float | None = None, seed: int = 0) -> nx.Graph:
         p = min(1.0, 2.0 * math.log(n) / n)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"erdos_renyi: p must be in [0, 1], got p={p}")
-    for attempt in range(_MAX_TRIES):
-        graph = nx.gnp_random_graph(n, p, seed=seed + attempt)
-        if nx.is_connected(graph):
-            return graph
+    graph = _first_connected(lambda s: nx.gnp_random_graph(n, p, seed=s), seed)
+    if graph is not None:
+        return graph
     raise ValueError(
         f"erdos_renyi: no connected graph with n={n}, p={p:.4g} in {_MAX_TRIES} tries "
         f"(seeds {seed}..{seed + _MAX_TRIES - 1}); use a larger p"
     )
+
+
+def _first_connected(sample: Callable[[int], nx.Graph], seed: int) -> nx.Graph | None:
+    """The first connected graph among sample(seed), sample(seed + 1), ... (_MAX_TRIES tries)."""
+    for attempt in range(_MAX_TRIES):
+        graph = sample(seed + attempt)
+        if nx.is_connected(graph):
+            return graph
+    return None
 
 
 def random_regular(n: int, degree: int = 3, seed: int = 0) -> nx.Graph:
@@ -111,10 +119,9 @@ def random_regular(n: int, degree: int = 3, seed: int = 0) -> nx.Graph:
         raise ValueError(f"random_regular: need 1 <= degree < n, got degree={degree}, n={n}")
     if (n * degree) % 2 != 0:
         raise ValueError(f"random_regular: n * degree must be even, got n={n}, degree={degree}")
-    for attempt in range(_MAX_TRIES):
-        graph = nx.random_regular_graph(degree, n, seed=seed + attempt)
-        if nx.is_connected(graph):
-            return graph
+    graph = _first_connected(lambda s: nx.random_regular_graph(degree, n, seed=s), seed)
+    if graph is not None:
+        return graph
     raise ValueError(
         f"random_regular: no connected {degree}-regular graph on n={n} nodes in "
         f"{_MAX_TRIES} tries; use a larger degree"
