@@ -8,6 +8,7 @@ problem found. ``to_dict`` turns a config back into plain data, saved beside the
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -271,8 +272,6 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"cluster.threads_per_host={cfg.cluster.threads_per_host} must be at least 1")
     if cfg.cluster.gpus_per_host is not None and cfg.cluster.gpus_per_host < 0:
         p.append(f"cluster.gpus_per_host={cfg.cluster.gpus_per_host} must be >= 0")
-    if cfg.algorithm.name == "fedavg" and cfg.topology.name != "complete":
-        pass  # fedavg ignores the graph: a server talks to every node
     p += _validate_schedule(cfg)
     return p
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from decaf_ray import cluster
-from decaf_ray.config import RunConfig, expand_sweep, save_config
+from decaf_ray.config import RunConfig, expand_sweep, save_config, to_dict
 from decaf_ray.coordinator import Simulation
 from decaf_ray.event_coordinator import EventSimulation
 from decaf_ray.log import NETWORK, MetricsLog
@@ -68,10 +68,23 @@ def summarise(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def prepare_all(configs: list[RunConfig]) -> list[Prepared]:
+    """``prepare`` each config once per distinct graph, data, model and seed (sweeps over the
+    algorithm or the schedule share one tokenised partition)."""
+    cache: dict[str, Prepared] = {}
+    out = []
+    for c in configs:
+        key = repr((to_dict(c.topology), to_dict(c.data), to_dict(c.model), c.seed))
+        if key not in cache:
+            cache[key] = prepare(c)
+        out.append(cache[key])
+    return out
+
+
 def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Run ``cfg`` and every sweep combination; return the folder and a summary table."""
     configs = expand_sweep(cfg)
-    preps = [prepare(c) for c in configs]  # every bad input fails here, before Ray starts
+    preps = prepare_all(configs)  # every bad input fails here, before Ray starts
     base = Path(out) if out else Path(cfg.output.dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
@@ -84,10 +97,10 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
             run_dir = new_run_dir(root, c.name) if len(configs) > 1 else root
             frame = run_one(c, run_dir, pool, prep)
             rows.append({"run": c.name, "algorithm": c.algorithm.name, **summarise(frame)})
+            table = pd.DataFrame(rows).set_index("run")
+            table.to_csv(root / "summary.csv")  # rewritten after each run: a failure keeps it
     finally:
         pool.clear()
         if started:
             cluster.shutdown()
-    table = pd.DataFrame(rows).set_index("run")
-    table.to_csv(root / "summary.csv")
     return root, table

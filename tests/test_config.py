@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
@@ -90,3 +91,14 @@ def test_every_runs_preset_is_valid():
     for path in presets:
         for cfg in expand_sweep(load_config(path)):
             assert cfg.train.rounds >= 1
+
+
+def test_sweep_runs_share_one_prepared_partition_per_data_and_seed():
+    from conftest import tiny_config
+    from decaf_ray.runner import prepare_all
+
+    a, b = tiny_config(algorithm__name="dlora"), tiny_config(algorithm__name="decaf")
+    c = tiny_config(seed=11)
+    pa, pb, pc = prepare_all([a, b, c])
+    assert pa is pb and pa is not pc
+    assert not all(np.array_equal(pa.shards[i].labels, pc.shards[i].labels) for i in range(4))
