@@ -174,6 +174,7 @@ class Host:
         opt = torch.optim.AdamW(
             trainable, lr=self.run.train.lr, weight_decay=self.run.train.weight_decay
         )
+        _init_moments(opt)
         return _Node(node_id, params, self._to_device(shard), opt, self.run.seed)
 
     # ------------------------------------------------------------------ state <-> numpy
@@ -291,11 +292,10 @@ class Host:
                     node.params[key].copy_(stacks[key][j])
             for key in trainable:
                 m, v, steps = moments[key]
-                node.optimizer.state[node.params[key]] = {
-                    "step": steps[j].clone(),
-                    "exp_avg": m[j].clone(),
-                    "exp_avg_sq": v[j].clone(),
-                }
+                st = node.optimizer.state[node.params[key]]
+                st["step"].fill_(float(steps[j]))
+                st["exp_avg"].copy_(m[j])
+                st["exp_avg_sq"].copy_(v[j])
             for g in node.optimizer.param_groups:
                 g["lr"] = lr
             adapter = self._adapter_from({key: x[j].copy() for key, x in host_stacks.items()})
@@ -305,15 +305,13 @@ class Host:
         return out
 
     def _stack_moments(self, nodes: list[_Node], key: str):
-        """(exp_avg, exp_avg_sq, steps) of ``key`` over the group, zeros where none yet."""
-        ms, vs, steps = [], [], []
-        for n in nodes:
-            p = n.params[key]
-            st = n.optimizer.state.get(p, {})
-            ms.append(st["exp_avg"] if st else torch.zeros_like(p))
-            vs.append(st["exp_avg_sq"] if st else torch.zeros_like(p))
-            steps.append(float(st["step"]) if st else 0.0)
-        return torch.stack(ms), torch.stack(vs), torch.tensor(steps, device=self.device)
+        """(exp_avg, exp_avg_sq, steps) of ``key`` over the group."""
+        states = [n.optimizer.state[n.params[key]] for n in nodes]
+        return (
+            torch.stack([st["exp_avg"] for st in states]),
+            torch.stack([st["exp_avg_sq"] for st in states]),
+            torch.tensor([float(st["step"]) for st in states], device=self.device),
+        )
 
     def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
         """Each listed node combines its (weight, message) inbox with the algorithm's rule."""
@@ -324,9 +322,9 @@ class Host:
             new, stats = self.algorithm.combine(self.adapter(i), inbox)
             self._load(node, new)
             if self.algorithm.resets_moments:
-                for key, p in node.params.items():
-                    if key.endswith((".A", ".B")):
-                        node.optimizer.state.pop(p, None)
+                _init_moments(
+                    node.optimizer, [p for k, p in node.params.items() if k.endswith((".A", ".B"))]
+                )
             out[i] = CombineResult(stats, time.perf_counter() - t0, new)
         return out
 
@@ -363,6 +361,34 @@ class Host:
             loss_sum += float(out.loss) * len(idx)
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         return loss_sum / n, correct / n
+
+
+def _init_moments(opt: torch.optim.AdamW, params: list[nn.Parameter] | None = None) -> None:
+    """Give ``params`` (default: all of ``opt``'s) fresh AdamW state: step 0, zero moments.
+
+    This is the state AdamW would create lazily at its first step, made up front (or zeroed
+    in place, for a reset). Lazily, a node's first step allocates its moments between the
+    activations of that step, and the heap holes they pin cost about 4 MB per node; made at
+    set-up, the moments of all nodes sit together (measured: 5.0 -> 1.4 MiB per node).
+    """
+    wanted = {id(p) for p in params} if params is not None else None
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if wanted is not None and id(p) not in wanted:
+                continue
+            st = opt.state[p]
+            if st:
+                st["step"].zero_()
+                st["exp_avg"].zero_()
+                st["exp_avg_sq"].zero_()
+            else:  # the layout of torch.optim.Adam._init_group (not fused, not capturable)
+                st["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:

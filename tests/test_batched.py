@@ -90,3 +90,29 @@ def test_adamw_step_equals_torch_adamw_per_node():
 def test_groups_bound_rows_and_share_a_batch_size():
     groups = plan_groups({0: 100, 1: 100, 2: 3, 3: 100, 4: 100}, batch_size=8, max_rows=16)
     assert groups == [[2], [0, 1], [3, 4]]
+
+
+def test_moments_made_up_front_train_like_lazy_adamw():
+    """Host makes AdamW state at set-up (less heap fragmentation); steps must not change."""
+    from decaf_ray.host import _init_moments
+
+    torch.manual_seed(0)
+    lazy_p = torch.nn.Parameter(torch.randn(6, 4))
+    eager_p = torch.nn.Parameter(lazy_p.detach().clone())
+    lazy = torch.optim.AdamW([lazy_p], lr=0.1, weight_decay=0.01)
+    eager = torch.optim.AdamW([eager_p], lr=0.1, weight_decay=0.01)
+    _init_moments(eager)
+    assert float(eager.state[eager_p]["step"]) == 0.0
+    for step in range(4):
+        if step == 2:  # a reset (decaf's reset_moments) equals a fresh optimizer's state
+            _init_moments(eager, [eager_p])
+            lazy.state.pop(lazy_p)
+        g = torch.randn(6, 4)
+        for p, opt in ((lazy_p, lazy), (eager_p, eager)):
+            p.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(eager_p, lazy_p, rtol=0, atol=0)
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(
+            eager.state[eager_p][key], lazy.state[lazy_p][key], rtol=0, atol=0
+        )
