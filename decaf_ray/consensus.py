@@ -13,19 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from decaf_ray.algorithms.base import Adapter
-from decaf_ray.math import factor_consensus_error, product_consensus_error
+from decaf_ray.algorithms.stacking import stack_part
+from decaf_ray.math.stacked import factor_consensus_stacked, product_consensus_stacked
 
 
 def consensus_metrics(adapters: Sequence[Adapter]) -> dict[str, float]:
     """Consensus errors of the product and of each factor, summed over modules."""
-    mods = adapters[0].modules
     out = {"product_consensus": 0.0, "factor_consensus_A": 0.0, "factor_consensus_B": 0.0}
-    for m in mods:
-        Bs = [a.B[m] for a in adapters]
-        As = [a.A[m] for a in adapters]
-        out["product_consensus"] += product_consensus_error(Bs, As)
-        out["factor_consensus_A"] += factor_consensus_error(As)
-        out["factor_consensus_B"] += factor_consensus_error(Bs)
+    for m in adapters[0].modules:  # one module at a time: stacks of n nodes are big enough
+        B = stack_part(adapters, [m], "B")  # (1, n, d, r)
+        A = stack_part(adapters, [m], "A")  # (1, n, r, k)
+        out["product_consensus"] += float(product_consensus_stacked(B, A).sum())
+        out["factor_consensus_A"] += float(factor_consensus_stacked(A.flatten(-2)).sum())
+        out["factor_consensus_B"] += float(factor_consensus_stacked(B.flatten(-2)).sum())
     return out
 
 

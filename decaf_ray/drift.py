@@ -16,34 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from decaf_ray.algorithms.base import Adapter
-from decaf_ray.math import lowrank_sq_norm
+from decaf_ray.algorithms.stacking import stack_part
+from decaf_ray.math.stacked import drift_stacked
 
 
 def average_drift(before: Sequence[Adapter], after: Sequence[Adapter]) -> dict[str, float]:
     """drift_A, drift_B and drift_product between two lists of the n nodes' adapters."""
-    n = len(before)
     out = {"drift_A": 0.0, "drift_B": 0.0, "drift_product": 0.0}
-    for m in before[0].modules:
-        for name in ("A", "B"):
-            mean_b = np.mean([getattr(a, name)[m].astype(np.float64) for a in before], axis=0)
-            mean_a = np.mean([getattr(a, name)[m].astype(np.float64) for a in after], axis=0)
-            out[f"drift_{name}"] += float(np.linalg.norm(mean_a - mean_b))
-        # B+A+ - B-A- = (B+ - B-) A+ + B- (A+ - A-): exactly 0 where a node did not change
-        Bc = (
-            np.concatenate(
-                [a.B[m].astype(np.float64) - b.B[m] for a, b in zip(after, before)]
-                + [b.B[m].astype(np.float64) for b in before],
-                axis=1,
-            )
-            / n
-        )  # (d, 2 n r)
-        Ac = np.concatenate(
-            [a.A[m].astype(np.float64) for a in after]
-            + [a.A[m].astype(np.float64) - b.A[m] for a, b in zip(after, before)],
-            axis=0,
-        )  # (2 n r, k)
-        out["drift_product"] += float(np.sqrt(lowrank_sq_norm([Bc], [Ac])))
+    for m in before[0].modules:  # one module at a time: the (d, 2 n r) stack grows with n
+        parts = [stack_part(side, [m], name) for side in (before, after) for name in ("B", "A")]
+        for key, value in drift_stacked(*parts).items():
+            out[key] += float(value.sum())
     return out

@@ -439,10 +439,8 @@ def test_payload_bytes():
 # ---------------------------------------------------------------- packaging
 
 
-def test_import_pulls_in_neither_ray_nor_torch():
-    code = (
-        "import decaf_ray.math, sys; assert 'ray' not in sys.modules and 'torch' not in sys.modules"
-    )
+def test_import_pulls_in_no_ray():
+    code = "import decaf_ray.math, sys; assert 'ray' not in sys.modules"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )

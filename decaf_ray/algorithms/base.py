@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decaf_ray.math import interference_norm, mix
+from decaf_ray.math import mix
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,16 @@ class Adapter:
 Inbox = Sequence[tuple[float, Adapter]]  # (mixing weight, message), the node's own included
 
 
-def mix_adapters(inbox: Inbox, own: Adapter) -> Adapter:
-    """Weighted average of each tensor; a tensor absent from the messages keeps ``own``'s."""
+def mix_adapters(
+    inbox: Inbox, own: Adapter, parts: tuple[str, ...] = ("A", "B", "extra")
+) -> Adapter:
+    """Weighted average of each tensor of ``parts``; a tensor absent from the messages, or of a
+    part not listed, keeps ``own``'s."""
     w = [wj for wj, _ in inbox]
 
     def part(name: str) -> dict[str, np.ndarray]:
+        if name not in parts:
+            return dict(getattr(own, name))
         mine = getattr(own, name)
         out = {}
         for key, value in mine.items():
@@ -56,17 +61,6 @@ def mix_adapters(inbox: Inbox, own: Adapter) -> Adapter:
         return out
 
     return Adapter(A=part("A"), B=part("B"), extra=part("extra"))
-
-
-def interference(inbox: Inbox, own: Adapter) -> float:
-    """Sum over modules of ||P_i - B_bar A_bar||_F: what averaging factors separately misses."""
-    w = [wj for wj, _ in inbox]
-    total = 0.0
-    for m in own.modules:
-        Bs = [msg.B[m] for _, msg in inbox]
-        As = [msg.A.get(m, own.A[m]) for _, msg in inbox]
-        total += interference_norm(Bs, As, w)
-    return total
 
 
 class Algorithm(ABC):

@@ -4,15 +4,16 @@ Each node forms P_i = sum_j Pi_ij B_j A_j from its neighbours' factors and keeps
 rank-r approximation, TSVD_r(P_i) = U S Vh, split back into B and A (balanced or all in B).
 By Eckart-Young its error sqrt(sum_{k>r} sigma_k^2), logged as ``tsvd_tail``, is never larger
 than dLoRA's interference. The TSVD is computed from the factors (QR + small SVD), never from
-the d x k product. Non-LoRA tensors (the head) are averaged plainly.
+the d x k product, for all modules of one shape in one batched call. Non-LoRA tensors (the
+head) are averaged plainly.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, interference, mix_adapters
-from decaf_ray.math import split_factors, tsvd_factored
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.stacking import inbox_weights, shape_groups, stack_part
+from decaf_ray.math import mix
+from decaf_ray.math.stacked import interference_stacked, split_stacked, tall, tsvd_stacked, wide
 
 
 class DeCAF(Algorithm):
@@ -23,26 +24,30 @@ class DeCAF(Algorithm):
         self.resets_moments = reset_moments
 
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
-        mixed = mix_adapters(inbox, own)  # the head; A and B are replaced below
-        w = [wj for wj, _ in inbox]
+        extra = mix_adapters(inbox, own, parts=("extra",)).extra
+        w, msgs = inbox_weights(inbox)
         A, B = {}, {}
-        tail, top_sv = 0.0, 0.0
-        for m in own.modules:
-            r = own.A[m].shape[0]
-            Bs = [msg.B[m] for _, msg in inbox]
-            As = [msg.A[m] for _, msg in inbox]
-            t = tsvd_factored(Bs, As, w, rank=r)
-            if not np.any(t.S > 0):
-                # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any local step)
-                # would give zero factors that never train again; keep the factor average.
-                A[m], B[m] = mixed.A[m], mixed.B[m]
-                continue
-            B[m], A[m] = split_factors(t, self.sv_split)
-            tail += float(t.tail_energy)
-            top_sv = max(top_sv, float(t.S[0]))
-        stats = {
-            "interference": interference(inbox, own),
-            "tsvd_tail": tail,
-            "top_singular_value": top_sv,
-        }
-        return Adapter(A=A, B=B, extra=mixed.extra), stats
+        stats = {"interference": 0.0, "tsvd_tail": 0.0, "top_singular_value": 0.0}
+        for mods in shape_groups(own) if msgs else []:
+            Bs = stack_part(msgs, mods, "B")  # (M, m, d, r)
+            As = stack_part(msgs, mods, "A")  # (M, m, r, k)
+            rank = own.A[mods[0]].shape[0]
+            U, S, Vh, s = tsvd_stacked(wide(w.reshape(-1, 1, 1) * Bs), tall(As), rank)
+            B_new, A_new = (x.numpy() for x in split_stacked(U, S, Vh, self.sv_split))
+            zero = ~(S > 0).any(dim=-1)  # (M,)
+            stats["interference"] += float(interference_stacked(Bs, As, w).sum())
+            stats["tsvd_tail"] += float(s[~zero, rank:].square().sum())
+            stats["top_singular_value"] = max(stats["top_singular_value"], float(S[:, 0].max()))
+            for idx, m in enumerate(mods):
+                if zero[idx]:
+                    # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any local
+                    # step) would give zero factors that never train again; keep the average.
+                    B[m] = mix(w.numpy(), [msg.B[m] for msg in msgs])
+                    A[m] = mix(w.numpy(), [msg.A[m] for msg in msgs])
+                    continue
+                B[m] = B_new[idx].astype(own.B[m].dtype)
+                A[m] = A_new[idx].astype(own.A[m].dtype)
+        for m in own.modules:  # an inbox with no weight at all: keep the node's own factors
+            A.setdefault(m, own.A[m])
+            B.setdefault(m, own.B[m])
+        return Adapter(A=A, B=B, extra=extra), stats

@@ -6,7 +6,8 @@ P_i = sum_j Pi_ij B_j A_j by the interference term, which is logged.
 
 from __future__ import annotations
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, interference, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.stacking import interference
 
 
 class DLoRA(Algorithm):

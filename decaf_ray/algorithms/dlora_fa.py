@@ -6,7 +6,8 @@ interference, at the price of a frozen half of the adapter. Traffic is halved.
 
 from __future__ import annotations
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, interference, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.stacking import interference
 
 
 class DLoRAFA(Algorithm):

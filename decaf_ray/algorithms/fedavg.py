@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, interference, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.stacking import interference
 
 
 class FedAvg(Algorithm):

@@ -2,7 +2,9 @@
 
 Conventions: LoRA A is (r, k), B is (d, r), the update is B @ A (d, k). Everything is computed in
 float64 and returned as new arrays (inputs are never modified) in the dtype of the first input;
-metrics are Python floats. No Ray, torch or I/O is imported here.
+metrics are Python floats. The numpy functions check their inputs and run the batched torch
+kernels of :mod:`decaf_ray.math.stacked`, which the engine also calls directly on stacks of
+modules and nodes. No Ray and no I/O here.
 """
 
 from decaf_ray.math.metrics import (

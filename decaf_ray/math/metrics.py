@@ -1,7 +1,9 @@
 """Consensus and interference metrics for one LoRA module, computed from the factors.
 
-No d x k product is ever formed: Frobenius norms of sums of low-rank products expand into traces
-of small Gram matrices, ||B_cat A_cat||_F^2 = trace((B_cat^T B_cat)(A_cat A_cat^T)).
+Frobenius norms of sums of low-rank products expand into traces of small Gram matrices,
+||B_cat A_cat||_F^2 = trace((B_cat^T B_cat)(A_cat A_cat^T)); the d x k product is formed only
+where it is cheaper (a stack wider than the layer). These functions check their numpy inputs
+and call the batched torch versions in :mod:`decaf_ray.math.stacked` with one batch entry.
 Every metric is a float64 Python ``float``; inputs are never modified.
 """
 
@@ -10,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from decaf_ray.math._common import (
     as_float64,
     as_weights,
     check_factor_pairs,
     check_weights_length,
+)
+from decaf_ray.math.stacked import (
+    factor_consensus_stacked,
+    interference_stacked,
+    product_consensus_stacked,
+    sq_norm_stacked,
 )
 
 __all__ = [
@@ -27,24 +36,9 @@ __all__ = [
 ]
 
 
-def _gram_sq_norm(B_cat: np.ndarray, A_cat: np.ndarray) -> float:
-    """||B_cat A_cat||_F^2 = sum((B_cat^T B_cat) * (A_cat A_cat^T)), clamped at 0.
-
-    B_cat is (d, R), A_cat is (R, k); the Grams are R x R and symmetric, so the trace of their
-    product is the sum of their elementwise product. Cost O(R^2 (d + k)). When the stack is
-    wider than the layer (d k <= R (d + k), e.g. a whole network of small adapters) the product
-    itself is cheaper, O(d R k), and no larger than the factors already in memory: use it.
-    """
-    d, R = B_cat.shape
-    if R == 0:
-        return 0.0
-    k = A_cat.shape[1]
-    if d * k <= R * (d + k):
-        P = B_cat @ A_cat
-        return float(np.sum(P * P))
-    G_B = B_cat.T @ B_cat
-    G_A = A_cat @ A_cat.T
-    return max(float(np.sum(G_B * G_A)), 0.0)
+def _t(x: np.ndarray) -> torch.Tensor:
+    """A float64 numpy array as a torch tensor sharing its memory (never written)."""
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _sq_norm_64(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], w: np.ndarray) -> float:
@@ -54,7 +48,7 @@ def _sq_norm_64(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], w: np.ndarra
         return 0.0
     B_cat = np.concatenate([w[j] * Bs[j] for j in keep], axis=1)
     A_cat = np.concatenate([As[j] for j in keep], axis=0)
-    return _gram_sq_norm(B_cat, A_cat)
+    return float(sq_norm_stacked(_t(B_cat), _t(A_cat)))
 
 
 def lowrank_sq_norm(
@@ -114,17 +108,7 @@ def product_consensus_error(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray]) 
     B64, A64 = check_factor_pairs(Bs, As)
     B64 = _check_uniform(B64, "Bs")
     A64 = _check_uniform(A64, "As")
-    n = len(B64)
-    B_0, A_0 = B64[0], A64[0]
-    dB = [B - B_0 for B in B64]
-    dA = [A - A_0 for A in A64]
-    ones = np.ones(2)
-    mean_sq = sum(_sq_norm_64([dB[i], B_0], [A64[i], dA[i]], ones) for i in range(n)) / n
-    # (1/n) sum_i X_i = sum_i (1/n) dB_i A_i + B_0 mean_i(dA_i)
-    dA_mean = np.mean(np.stack(dA), axis=0)
-    w = np.r_[np.full(n, 1.0 / n), 1.0]
-    sq_of_mean = _sq_norm_64([*dB, B_0], [*A64, dA_mean], w)
-    return max(float(mean_sq) - sq_of_mean, 0.0)
+    return float(product_consensus_stacked(_t(np.stack(B64)), _t(np.stack(A64))))
 
 
 def factor_consensus_error(Xs: Sequence[np.ndarray]) -> float:
@@ -135,9 +119,7 @@ def factor_consensus_error(Xs: Sequence[np.ndarray]) -> float:
     so identical factors give exactly 0.
     """
     X64 = _check_uniform(Xs, "Xs")
-    D = np.stack(X64) - X64[0]
-    centred = D - D.mean(axis=0)
-    return float(np.sum(centred * centred) / len(X64))
+    return float(factor_consensus_stacked(_t(np.stack(X64).reshape(len(X64), -1))))
 
 
 def interference_norm(
@@ -177,22 +159,9 @@ def interference_norm(
     keep = [j for j in range(len(w)) if w[j] != 0.0]
     if not keep:
         return 0.0
-    B_0, A_0 = B64[keep[0]], A64[keep[0]]
-    w_k = w[keep]
-    dBs = [B64[j] - B_0 for j in keep]
-    dAs = [A64[j] - A_0 for j in keep]
-    dB = np.tensordot(w_k, np.stack(dBs), axes=1)
-    dA = np.tensordot(w_k, np.stack(dAs), axes=1)
-    s = float(w_k.sum())
-    Bs_ext = [*dBs, dB]
-    As_ext = [*dAs, dA]
-    w_ext = [*w_k, -1.0]
-    if s != 1.0:
-        B_bar = np.tensordot(w_k, np.stack([B64[j] for j in keep]), axes=1)
-        Bs_ext += [B_0, B_bar]
-        As_ext += [dA, A_0]
-        w_ext += [1.0 - s, 1.0 - s]
-    return float(np.sqrt(_sq_norm_64(Bs_ext, As_ext, np.asarray(w_ext))))
+    B = _t(np.stack([B64[j] for j in keep]))  # (m, d, r)
+    A = _t(np.stack([A64[j] for j in keep]))  # (m, r, k)
+    return float(interference_stacked(B, A, torch.from_numpy(w[keep])))
 
 
 def payload_bytes(arrays: Sequence[np.ndarray]) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from decaf_ray.math._common import (
     as_float64,
@@ -23,6 +24,7 @@ from decaf_ray.math._common import (
     check_weights_length,
     out_dtype,
 )
+from decaf_ray.math.stacked import split_stacked, tsvd_stacked
 
 __all__ = ["TSVD", "SplitMode", "split_factors", "tsvd_dense", "tsvd_factored"]
 
@@ -103,7 +105,7 @@ def tsvd_factored(
     P = B_cat A_cat. Reduced QR gives B_cat = Q_B R_B and A_cat^T = Q_A R_A, so
     P = Q_B (R_B R_A^T) Q_A^T. The SVD of the small core R_B R_A^T = U_c S V_c^T yields
     U = Q_B U_c[:, :rank] and Vh = (Q_A V_c[:, :rank])^T. Cost O((d + k) R^2) instead of the
-    O(d k min(d, k)) of a dense SVD.
+    O(d k min(d, k)) of a dense SVD. (The kernel is :func:`decaf_ray.math.stacked.tsvd_stacked`.)
 
     Args:
         Bs: m factors B_j, each (d, r_j).
@@ -129,14 +131,11 @@ def tsvd_factored(
 
     B_cat = np.concatenate([w[j] * B64[j] for j in keep], axis=1)  # (d, R)
     A_cat = np.concatenate([A64[j] for j in keep], axis=0)  # (R, k)
-    Q_B, R_B = np.linalg.qr(B_cat, mode="reduced")  # (d, p_B), (p_B, R)
-    Q_A, R_A = np.linalg.qr(A_cat.T, mode="reduced")  # (k, p_A), (p_A, R)
-    core = R_B @ R_A.T  # (p_B, p_A), p_B = min(d, R), p_A = min(k, R)
-    U_c, s, Vh_c = np.linalg.svd(core, full_matrices=False)
+    U, _, Vh, s = (
+        x.numpy() for x in tsvd_stacked(torch.from_numpy(B_cat), torch.from_numpy(A_cat), rank)
+    )
     q = min(rank, s.shape[0])
-    U_keep = Q_B @ U_c[:, :q]  # (d, q)
-    V_keep = Q_A @ Vh_c[:q, :].T  # (k, q)
-    return _assemble(U_keep, s, V_keep, d, k, rank, dtype)
+    return _assemble(U[:, :q], s, Vh[:q, :].T, d, k, rank, dtype)
 
 
 def tsvd_dense(P: np.ndarray, rank: int) -> TSVD:
@@ -170,14 +169,10 @@ def split_factors(tsvd: TSVD, mode: SplitMode | str = "balanced") -> tuple[np.nd
     if mode not in _SPLIT_MODES:
         raise ValueError(f"unknown split mode {mode!r}; expected one of {_SPLIT_MODES}")
     dtype = out_dtype(tsvd.U)
-    U = as_float64(tsvd.U, "U")
-    S = np.clip(as_float64(tsvd.S, "S"), 0.0, None)
-    Vh = as_float64(tsvd.Vh, "Vh")
-    if mode == "balanced":
-        root = np.sqrt(S)
-        B = U * root[None, :]
-        A = root[:, None] * Vh
-    else:
-        B = U * S[None, :]
-        A = Vh.copy()
-    return B.astype(dtype, copy=False), A.astype(dtype, copy=False)
+    B, A = split_stacked(
+        torch.from_numpy(as_float64(tsvd.U, "U")),
+        torch.from_numpy(as_float64(tsvd.S, "S")),
+        torch.from_numpy(as_float64(tsvd.Vh, "Vh")),
+        mode,
+    )
+    return B.numpy().astype(dtype, copy=False), A.numpy().astype(dtype, copy=False)

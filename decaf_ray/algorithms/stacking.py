@@ -1,0 +1,57 @@
+"""Adapters as stacks: the factors of many messages (or nodes) for a group of modules at once.
+
+The batched kernels of :mod:`decaf_ray.math.stacked` work on tensors (M, n, ...) with one entry
+per module of a shape group and one per message. These helpers build them from numpy
+:class:`~decaf_ray.algorithms.base.Adapter` objects (float64, one copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from decaf_ray.algorithms.base import Adapter, Inbox
+from decaf_ray.math.stacked import interference_stacked
+
+
+def shape_groups(adapter: Adapter) -> list[list[str]]:
+    """The adapter's modules grouped by the shapes of (B, A), in module order."""
+    groups: dict[tuple, list[str]] = {}
+    for m in adapter.modules:
+        groups.setdefault((adapter.B[m].shape, adapter.A[m].shape), []).append(m)
+    return list(groups.values())
+
+
+def stack_part(
+    adapters: Sequence[Adapter], modules: list[str], part: str, fallback: Adapter | None = None
+) -> torch.Tensor:
+    """Factor ``part`` ("A" or "B") of ``modules`` over ``adapters``: (M, n, ...) float64.
+
+    A message without the factor (dLoRA-FA sends no A) contributes ``fallback``'s.
+    """
+    rows = []
+    for m in modules:
+        own = getattr(fallback, part).get(m) if fallback is not None else None
+        rows.append(np.stack([getattr(a, part).get(m, own) for a in adapters]))
+    return torch.from_numpy(np.stack(rows).astype(np.float64, copy=False))
+
+
+def inbox_weights(inbox: Inbox) -> tuple[torch.Tensor, list[Adapter]]:
+    """The non-zero weights of an inbox as a float64 vector (m,), and their messages."""
+    kept = [(w, msg) for w, msg in inbox if w != 0.0]
+    return torch.tensor([w for w, _ in kept], dtype=torch.float64), [msg for _, msg in kept]
+
+
+def interference(inbox: Inbox, own: Adapter) -> float:
+    """Sum over modules of ||P_i - B_bar A_bar||_F: what averaging factors separately misses."""
+    w, msgs = inbox_weights(inbox)
+    if not msgs:
+        return 0.0
+    total = 0.0
+    for mods in shape_groups(own):
+        B = stack_part(msgs, mods, "B")  # (M, m, d, r)
+        A = stack_part(msgs, mods, "A", fallback=own)  # (M, m, r, k)
+        total += float(interference_stacked(B, A, w).sum())
+    return total

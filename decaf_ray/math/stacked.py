@@ -1,0 +1,167 @@
+"""The factored maths on stacks: many LoRA modules (or nodes) in one batched torch call.
+
+Every function takes float64 torch tensors with any leading batch shape ``...`` (e.g. one entry
+per adapted module) and returns tensors over that batch shape. One batched QR or SVD over a
+stack of 12 modules costs a fraction of 12 separate numpy calls on small matrices, which is
+what a node's combine and the network metrics are made of. The numpy functions of this
+package are thin checked wrappers over these.
+
+Shapes: B factors (..., n, d, r), A factors (..., n, r, k); stacked columns B_cat (..., d, R),
+rows A_cat (..., R, k) with R = n r.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "drift_stacked",
+    "factor_consensus_stacked",
+    "interference_stacked",
+    "product_consensus_stacked",
+    "split_stacked",
+    "sq_norm_stacked",
+    "tsvd_stacked",
+    "wide",
+    "tall",
+]
+
+
+def wide(B: Tensor) -> Tensor:
+    """(..., n, d, r) -> (..., d, n r): the n factors B_j side by side, [B_1, ..., B_n]."""
+    *lead, n, d, r = B.shape
+    return B.movedim(-3, -2).reshape(*lead, d, n * r)
+
+
+def tall(A: Tensor) -> Tensor:
+    """(..., n, r, k) -> (..., n r, k): the n factors A_j stacked, [A_1; ...; A_n]."""
+    *lead, n, r, k = A.shape
+    return A.reshape(*lead, n * r, k)
+
+
+def sq_norm_stacked(B_cat: Tensor, A_cat: Tensor) -> Tensor:
+    """||B_cat A_cat||_F^2 per batch entry; B_cat (..., d, R), A_cat (..., R, k) -> (...).
+
+    As the sum of the elementwise product of the Grams B_cat^T B_cat and A_cat A_cat^T, cost
+    O(R^2 (d + k)), clamped at 0; when the stack is wider than the layer (d k <= R (d + k)) the
+    product itself is cheaper, O(d R k), and is used instead.
+    """
+    d, R = B_cat.shape[-2:]
+    k = A_cat.shape[-1]
+    if R == 0:
+        return B_cat.new_zeros(B_cat.shape[:-2])
+    if d * k <= R * (d + k):
+        P = B_cat @ A_cat  # (..., d, k)
+        return (P * P).sum(dim=(-2, -1))
+    G = (B_cat.mT @ B_cat) * (A_cat @ A_cat.mT)  # (..., R, R)
+    return G.sum(dim=(-2, -1)).clamp_min(0.0)
+
+
+def tsvd_stacked(B_cat: Tensor, A_cat: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank-``rank`` TSVD of P = B_cat A_cat per batch entry, without forming P.
+
+    QR of both sides, B_cat = Q_B R_B and A_cat^T = Q_A R_A, then the SVD of the small core
+    R_B R_A^T = U_c S V_c^T: U = Q_B U_c, Vh = V_c^T Q_A^T. Cost O((d + k) R^2).
+
+    Returns U (..., d, rank), S (..., rank), Vh (..., rank, k), zero-padded past the rank of
+    P, and the whole spectrum s (..., min(d, k, R)) in descending order.
+    """
+    Q_B, R_B = torch.linalg.qr(B_cat)  # (..., d, p_B), (..., p_B, R)
+    Q_A, R_A = torch.linalg.qr(A_cat.mT)  # (..., k, p_A), (..., p_A, R)
+    U_c, s, Vh_c = torch.linalg.svd(R_B @ R_A.mT, full_matrices=False)
+    q = min(rank, s.shape[-1])
+    lead, d, k = B_cat.shape[:-2], B_cat.shape[-2], A_cat.shape[-1]
+    U = B_cat.new_zeros(*lead, d, rank)
+    S = B_cat.new_zeros(*lead, rank)
+    Vh = B_cat.new_zeros(*lead, rank, k)
+    U[..., :q] = Q_B @ U_c[..., :q]
+    S[..., :q] = s[..., :q]
+    Vh[..., :q, :] = Vh_c[..., :q, :] @ Q_A.mT
+    return U, S, Vh, s
+
+
+def split_stacked(U: Tensor, S: Tensor, Vh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """New factors (B, A) with B A = U diag(S) Vh; U (..., d, q), S (..., q), Vh (..., q, k).
+
+    ``"balanced"``: B = U S^{1/2}, A = S^{1/2} Vh (||B||_F = ||A||_F);
+    ``"all_in_B"``: B = U S, A = Vh (orthonormal rows).
+    """
+    S = S.clamp_min(0.0)
+    if mode == "balanced":
+        root = S.sqrt()
+        return U * root.unsqueeze(-2), root.unsqueeze(-1) * Vh
+    if mode == "all_in_B":
+        return U * S.unsqueeze(-2), Vh.clone()
+    raise ValueError(f"unknown split mode {mode!r}; expected 'balanced' or 'all_in_B'")
+
+
+def interference_stacked(B: Tensor, A: Tensor, w: Tensor) -> Tensor:
+    """||sum_j w_j B_j A_j - B_bar A_bar||_F per batch entry; B (..., m, d, r), A (..., m, r, k).
+
+    B_bar = sum_j w_j B_j, A_bar likewise; ``w`` (m,) with no zero entries. Taken relative to
+    the first pair so it stays accurate when small (see ``interference_norm``):
+    P - B_bar A_bar = sum_j w_j dB_j dA_j - dB dA + (1 - s)(B_0 dA + B_bar A_0), s = sum_j w_j.
+    """
+    wv = w.reshape(-1, 1, 1)
+    B_0, A_0 = B[..., 0, :, :], A[..., 0, :, :]
+    dB, dA = B - B_0.unsqueeze(-3), A - A_0.unsqueeze(-3)
+    dB_bar, dA_bar = (wv * dB).sum(dim=-3), (wv * dA).sum(dim=-3)  # (..., d, r), (..., r, k)
+    Bs, As = [wide(wv * dB), -dB_bar], [tall(dA), dA_bar]
+    s = float(w.sum())
+    if s != 1.0:
+        Bs += [(1.0 - s) * B_0, (1.0 - s) * (wv * B).sum(dim=-3)]
+        As += [dA_bar, A_0]
+    return sq_norm_stacked(torch.cat(Bs, dim=-1), torch.cat(As, dim=-2)).sqrt()
+
+
+def product_consensus_stacked(B: Tensor, A: Tensor) -> Tensor:
+    """(1/n) sum_i ||B_i A_i - mean_j B_j A_j||_F^2 per batch entry; B (..., n, d, r).
+
+    With the shift X_i = B_i A_i - B_0 A_0 = [dB_i, B_0] [A_i; dA_i] (exactly 0 for nodes equal
+    to node 0): mean_i ||X_i||^2 - ||mean_i X_i||^2, clamped at 0.
+    """
+    n = B.shape[-3]
+    B_0, A_0 = B[..., :1, :, :], A[..., :1, :, :]
+    dB, dA = B - B_0, A - A_0
+    # ||dB_i A_i + B_0 dA_i||^2 from r x r Grams, without stacking [dB_i, B_0] per node
+    sq = (
+        ((dB.mT @ dB) * (A @ A.mT)).sum(dim=(-2, -1))
+        + 2.0 * ((dB.mT @ B_0) * (A @ dA.mT)).sum(dim=(-2, -1))
+        + ((B_0.mT @ B_0) * (dA @ dA.mT)).sum(dim=(-2, -1))
+    )  # (..., n)
+    mean_sq = sq.clamp_min(0.0).mean(dim=-1)
+    sq_of_mean = sq_norm_stacked(
+        torch.cat([wide(dB / n), B_0[..., 0, :, :]], dim=-1),
+        torch.cat([tall(A), dA.mean(dim=-3)], dim=-2),
+    )
+    return (mean_sq - sq_of_mean).clamp_min(0.0)
+
+
+def factor_consensus_stacked(X: Tensor) -> Tensor:
+    """(1/n) sum_i ||X_i - mean_j X_j||_F^2 per batch entry; X (..., n, f) (flattened factors).
+
+    Deviations are taken from X_0 first, so identical factors give exactly 0.
+    """
+    D = X - X[..., :1, :]
+    centred = D - D.mean(dim=-2, keepdim=True)
+    return (centred * centred).sum(dim=(-2, -1)) / X.shape[-2]
+
+
+def drift_stacked(
+    B_before: Tensor, A_before: Tensor, B_after: Tensor, A_after: Tensor
+) -> dict[str, Tensor]:
+    """Norms of the change of the network means of A, B and B A per batch entry.
+
+    Factors (..., n, d, r) and (..., n, r, k). The product's change is
+    (1/n) sum_i (B+_i - B-_i) A+_i + B-_i (A+_i - A-_i), exactly 0 where nothing changed.
+    """
+    n = B_before.shape[-3]
+    out = {
+        "drift_A": (A_after.mean(dim=-3) - A_before.mean(dim=-3)).square().sum((-2, -1)).sqrt(),
+        "drift_B": (B_after.mean(dim=-3) - B_before.mean(dim=-3)).square().sum((-2, -1)).sqrt(),
+    }
+    Bc = torch.cat([wide(B_after - B_before), wide(B_before)], dim=-1) / n  # (..., d, 2 n r)
+    Ac = torch.cat([tall(A_after), tall(A_after - A_before)], dim=-2)  # (..., 2 n r, k)
+    out["drift_product"] = sq_norm_stacked(Bc, Ac).sqrt()
+    return out

@@ -1,0 +1,148 @@
+"""The combine rules and network metrics on whole adapters (many modules, batched by shape),
+checked module by module against dense references. Pure numpy/torch: no Ray, no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from decaf_ray.algorithms import Adapter
+from decaf_ray.algorithms.decaf import DeCAF
+from decaf_ray.algorithms.dlora import DLoRA
+from decaf_ray.algorithms.dlora_fa import DLoRAFA
+from decaf_ray.consensus import consensus_metrics
+from decaf_ray.drift import average_drift
+from decaf_ray.math import tsvd_dense
+from decaf_ray.math.stacked import tsvd_stacked
+
+# two shape groups: three (12 x 4)(4 x 10) modules and one (7 x 4)(4 x 9)
+SHAPES = {"q0": (12, 10), "v0": (12, 10), "q1": (12, 10), "out": (7, 9)}
+RANK = 4
+
+
+def adapter(rng: np.random.Generator, zero_B: bool = False) -> Adapter:
+    return Adapter(
+        A={m: rng.standard_normal((RANK, k)).astype(np.float32) for m, (d, k) in SHAPES.items()},
+        B={
+            m: (0 if zero_B else 1) * rng.standard_normal((d, RANK)).astype(np.float32)
+            for m, (d, k) in SHAPES.items()
+        },
+        extra={"head": rng.standard_normal((3, 5)).astype(np.float32)},
+    )
+
+
+def product(a: Adapter, m: str) -> np.ndarray:
+    return a.B[m].astype(np.float64) @ a.A[m].astype(np.float64)
+
+
+def inbox_of(rng: np.random.Generator, m: int = 3) -> list[tuple[float, Adapter]]:
+    w = rng.dirichlet(np.ones(m))
+    return [(float(wj), adapter(rng)) for wj in w]
+
+
+@pytest.mark.parametrize("split", ["balanced", "all_in_B"])
+def test_decaf_combine_is_the_dense_tsvd_of_each_module(split):
+    rng = np.random.default_rng(0)
+    inbox = inbox_of(rng)
+    own = inbox[0][1]
+    new, stats = DeCAF(sv_split=split).combine(own, inbox)
+    tail, top = 0.0, 0.0
+    for m in SHAPES:
+        P = sum(w * product(msg, m) for w, msg in inbox)
+        ref = tsvd_dense(P, RANK)
+        best = ref.U @ np.diag(ref.S) @ ref.Vh
+        np.testing.assert_allclose(product(new, m), best, atol=1e-5)
+        assert new.B[m].dtype == np.float32 and new.B[m].shape == own.B[m].shape
+        tail += ref.tail_energy
+        top = max(top, float(ref.S[0]))
+    assert stats["tsvd_tail"] == pytest.approx(tail, rel=1e-6)
+    assert stats["top_singular_value"] == pytest.approx(top, rel=1e-6)
+    expected_head = sum(w * msg.extra["head"].astype(np.float64) for w, msg in inbox)
+    np.testing.assert_allclose(new.extra["head"], expected_head, rtol=1e-6)
+
+
+def test_interference_sums_each_modules_dense_gap():
+    rng = np.random.default_rng(1)
+    inbox = inbox_of(rng, m=4)
+    own = inbox[0][1]
+    expected = 0.0
+    for m in SHAPES:
+        P = sum(w * product(msg, m) for w, msg in inbox)
+        B_bar = sum(w * msg.B[m].astype(np.float64) for w, msg in inbox)
+        A_bar = sum(w * msg.A[m].astype(np.float64) for w, msg in inbox)
+        expected += np.linalg.norm(P - B_bar @ A_bar)
+    _, stats = DLoRA().combine(own, inbox)
+    _, decaf_stats = DeCAF().combine(own, inbox)
+    assert stats["interference"] == pytest.approx(expected, rel=1e-6)
+    assert decaf_stats["interference"] == pytest.approx(expected, rel=1e-6)
+    # Eckart-Young, summed over modules: the TSVD's error never exceeds the interference
+    assert np.sqrt(decaf_stats["tsvd_tail"]) <= expected
+
+
+def test_dlora_fa_messages_without_A_have_no_interference():
+    rng = np.random.default_rng(2)
+    own = adapter(rng)
+    alg = DLoRAFA()
+    inbox = [(0.5, alg.message(own)), (0.5, alg.message(adapter(rng)))]
+    inbox[1][1].B["q0"] *= 3.0
+    _, stats = alg.combine(own, inbox)
+    assert stats["interference"] == 0.0
+
+
+def test_decaf_keeps_the_factor_average_when_every_B_is_zero():
+    rng = np.random.default_rng(3)
+    inbox = [(0.5, adapter(rng, zero_B=True)), (0.5, adapter(rng, zero_B=True))]
+    new, stats = DeCAF().combine(inbox[0][1], inbox)
+    for m in SHAPES:
+        mean_A = 0.5 * (inbox[0][1].A[m] + inbox[1][1].A[m])
+        np.testing.assert_allclose(new.A[m], mean_A, rtol=1e-6)
+        assert not np.any(new.B[m])
+    assert stats["top_singular_value"] == 0.0
+
+
+def test_zero_weights_are_ignored():
+    rng = np.random.default_rng(4)
+    inbox = inbox_of(rng)
+    with_zero = [*inbox, (0.0, adapter(rng))]
+    a, _ = DeCAF().combine(inbox[0][1], inbox)
+    b, _ = DeCAF().combine(inbox[0][1], with_zero)
+    for m in SHAPES:
+        np.testing.assert_array_equal(a.B[m], b.B[m])
+
+
+def test_consensus_metrics_and_drift_match_dense_sums_over_modules():
+    rng = np.random.default_rng(5)
+    before = [adapter(rng) for _ in range(5)]
+    after = [adapter(rng) for _ in range(5)]
+    after[2] = before[2]  # a node that did not change
+    got = consensus_metrics(after)
+    drift = average_drift(before, after)
+    want = {k: 0.0 for k in (*got, *drift)}
+    for m in SHAPES:
+        P = np.stack([product(a, m) for a in after])
+        want["product_consensus"] += np.mean(np.sum((P - P.mean(0)) ** 2, axis=(1, 2)))
+        for name in ("A", "B"):
+            X = np.stack([getattr(a, name)[m].astype(np.float64) for a in after])
+            X0 = np.stack([getattr(b, name)[m].astype(np.float64) for b in before])
+            want[f"factor_consensus_{name}"] += np.mean(np.sum((X - X.mean(0)) ** 2, axis=(1, 2)))
+            want[f"drift_{name}"] += np.linalg.norm(X.mean(0) - X0.mean(0))
+        P0 = np.stack([product(b, m) for b in before])
+        want["drift_product"] += np.linalg.norm(P.mean(0) - P0.mean(0))
+    for key, value in {**got, **drift}.items():
+        assert value == pytest.approx(want[key], rel=1e-6), key
+    same = consensus_metrics([before[0]] * 4)
+    assert same == {k: 0.0 for k in same}  # exactly zero at consensus
+    assert average_drift(before, before) == {k: 0.0 for k in drift}
+
+
+def test_batched_tsvd_equals_one_matrix_at_a_time():
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(5, 30, 12, dtype=torch.float64, generator=gen)
+    A = torch.randn(5, 12, 20, dtype=torch.float64, generator=gen)
+    U, S, Vh, s = tsvd_stacked(B, A, 4)
+    for i in range(5):
+        u, s1, vh, full = tsvd_stacked(B[i], A[i], 4)
+        torch.testing.assert_close(S[i], s1)
+        torch.testing.assert_close(s[i], full)
+        torch.testing.assert_close(U[i] @ torch.diag(S[i]) @ Vh[i], u @ torch.diag(s1) @ vh)
