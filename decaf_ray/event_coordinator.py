@@ -16,7 +16,7 @@ state), logged once every node is past round t, at virtual time max_i combine_s(
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,15 @@ class EventSimulation(Simulation):
         cfg, n, T = self.cfg, self.prep.n, self.plan.last_round
         self.log_setup()
         self._accs: dict[int, dict[int, float]] = {}
-        self._losses: dict[tuple[int, int], float] = {}
+        self._losses: dict[int, list[float]] = defaultdict(list)  # round -> nodes' losses
+        self._keys_of_round: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        # readers of each message: a ref is dropped once its last reader is submitted
+        self._readers: Counter = Counter()
+        for key, st in self.plan.steps.items():
+            self._keys_of_round[key[1]].append(key)
+            if self.algorithm.communicates:
+                self._readers.update((rc.sender, rc.sender_round) for rc in st.inbox + st.rejoin)
+        self._final_rounds: dict[int, deque] = {i: deque() for i in range(n)}
         host_index = {i: k for k, block in enumerate(self.blocks) for i in block}
         ops: dict[int, deque] = {i: deque() for i in range(n)}
         for (i, _), st in sorted(self.plan.steps.items(), key=lambda kv: kv[0][1]):
@@ -63,6 +71,7 @@ class EventSimulation(Simulation):
                 self._complete(ref, *inflight.pop(ref))
             while next_round <= T and self._round_done(next_round):
                 self._log_round(next_round, inflight)
+                self._forget(next_round)
                 next_round += 1
                 bar.update(1)
                 bar.set_postfix(self.progress())
@@ -87,6 +96,10 @@ class EventSimulation(Simulation):
                     continue
                 plan = [(rc.weight, self.message[key]) for rc, key in zip(receipts, keys)]
                 combines[host_index[i]][i] = (kind, st, plan)
+                for key in keys:  # the submitted call holds the ref from here on
+                    self._readers[key] -= 1
+                    if self._readers[key] == 0:
+                        del self.message[key]
             ops[i].popleft()
         for (k, t), ids in sorted(trains.items()):
             lr = learning_rate(self.cfg, t)
@@ -111,11 +124,13 @@ class EventSimulation(Simulation):
             for i, r in result.items():
                 st: Step = payload[i]
                 key = (i, st.round_idx)
-                self.message[key], self.trained[key] = r["message"], r["state"]
+                self.trained[key] = r["state"]
+                if self._readers[key] > 0:
+                    self.message[key] = r["message"]
                 if not self.algorithm.communicates:
-                    self.final[key] = r["state"]
+                    self._finish(key, r["state"])
                 log.virtual_s = st.trained_s
-                self._losses[key] = r["loss"]
+                self._losses[st.round_idx].append(r["loss"])
                 log.add(st.round_idx, i, "train_loss", r["loss"])
                 log.add(st.round_idx, i, "node_train_s", r["train_s"])
                 log.add(st.round_idx, i, "bytes_sent", float(r["message_bytes"] * st.sent))
@@ -126,7 +141,7 @@ class EventSimulation(Simulation):
                 what, st = payload[i]
                 if what == "rejoin":
                     continue
-                self.final[(i, st.round_idx)] = r["state"]
+                self._finish((i, st.round_idx), r["state"])
                 log.virtual_s = st.combine_s
                 for key, value in r["stats"].items():
                     log.add(st.round_idx, i, key, value)
@@ -153,8 +168,22 @@ class EventSimulation(Simulation):
                 return table[(i, r)]
         return self.initial[i]
 
+    def _finish(self, key: tuple[int, int], state: Any) -> None:
+        self.final[key] = state
+        self._final_rounds[key[0]].append(key[1])  # a node's operations complete in order
+
     def _round_done(self, t: int) -> bool:
-        return all((i, r) in self.final for (i, r) in self.plan.steps if r <= t)
+        """Every node present in round t has combined (earlier rounds are done already)."""
+        return all(key in self.final for key in self._keys_of_round[t])
+
+    def _forget(self, t: int) -> None:
+        """After round t's rows: drop the refs no later operation or row can need, so the
+        object store holds O(n) states however long the run (round t's trained states, and
+        every node's final states older than its latest one up to round t)."""
+        for i, rounds in self._final_rounds.items():
+            self.trained.pop((i, t), None)
+            while len(rounds) >= 2 and rounds[1] <= t:
+                del self.final[(i, rounds.popleft())]
 
     def _log_round(self, t: int, inflight: dict) -> None:
         n, log = self.prep.n, self.log
@@ -175,7 +204,7 @@ class EventSimulation(Simulation):
             for key, value in average_drift(before, after).items():
                 log.add(t, NETWORK, key, value)
         log.add(t, NETWORK, "virtual_s", log.virtual_s)
-        losses = [v for (i, r), v in self._losses.items() if r == t]
+        losses = self._losses.pop(t, [])
         if losses:
             log.add(t, NETWORK, "train_loss", float(np.mean(losses)))
         if t % self.cfg.eval.every == 0 or t == self.plan.last_round:

@@ -167,3 +167,21 @@ def test_time_varying_graph_runs_asynchronously(run_tiny, graph):
     )
     assert rows(frame, "received").value.max() <= 2
     assert np.isfinite(frame[frame.metric == "product_consensus"].value).all()
+
+
+def test_async_run_keeps_one_state_ref_per_node(pool, tmp_path):
+    """Refs of old rounds are dropped as the run goes: the object store holds O(n) states."""
+    from decaf_ray.event_coordinator import EventSimulation
+    from decaf_ray.log import MetricsLog
+    from decaf_ray.prepare import prepare
+
+    cfg = tiny_config(
+        algorithm__name="decaf", schedule__mode="async", train__rounds=4, eval__every=4, **SLOW
+    )
+    prep = prepare(cfg)
+    sim = EventSimulation(cfg, prep, pool, MetricsLog(tmp_path / "run"))
+    sim.run()
+    assert sim.message == {} and sim.trained == {}
+    assert sorted(sim.final) == [(i, 4) for i in range(prep.n)]
+    frame = sim.log.frame()
+    assert sorted(frame[frame.metric == "product_consensus"]["round"]) == [1, 2, 3, 4]
