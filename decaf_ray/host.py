@@ -9,7 +9,9 @@ them there; nothing is copied. Results travel as numpy :class:`~decaf_ray.algori
 
 from __future__ import annotations
 
+import ctypes
 import math
+import platform
 import time
 from dataclasses import dataclass
 
@@ -108,6 +110,7 @@ class Host:
     """Holds the shared base model and the nodes assigned to it."""
 
     def __init__(self, spec: HostSpec) -> None:
+        keep_heap()
         torch.set_num_threads(spec.threads)
         use_cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
@@ -361,6 +364,25 @@ class Host:
             loss_sum += float(out.loss) * len(idx)
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         return loss_sum / n, correct / n
+
+
+def keep_heap() -> None:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    Every local step allocates and frees the same activations (MBs each). By default glibc
+    returns them (munmap, heap trim), and the next step takes page faults to zero-fill fresh
+    pages: 10^4-10^5 faults per round in a Ray actor, whose tasks run on a non-main thread
+    with its own, more often trimmed, arena. Measured with 8 MiniLM nodes per process on 2
+    cores: about 5% of a round, the gap between a Ray host and a bare process. With a fixed
+    mmap threshold of 32 MiB (the largest glibc allows) and trimming only past 1 GiB, the
+    faults vanish; peak memory is unchanged. A no-op off glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
 
 
 def _init_moments(opt: torch.optim.AdamW, params: list[nn.Parameter] | None = None) -> None:
