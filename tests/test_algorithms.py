@@ -146,3 +146,26 @@ def test_batched_tsvd_equals_one_matrix_at_a_time():
         torch.testing.assert_close(S[i], s1)
         torch.testing.assert_close(s[i], full)
         torch.testing.assert_close(U[i] @ torch.diag(S[i]) @ Vh[i], u @ torch.diag(s1) @ vh)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-7])
+def test_interference_from_the_qr_cores_matches_dense(spread):
+    """Any weights (these sum to 0.9), and accurate to rounding of ||P|| near consensus
+    (factors 1e-7 apart, weights summing to 1: the interference is about 1e-14 there)."""
+    from decaf_ray.math.stacked import tsvd_and_interference_stacked
+
+    gen = torch.Generator().manual_seed(1)
+    m, d, r, k = 3, 20, 4, 15
+    base_B = torch.randn(2, 1, d, r, dtype=torch.float64, generator=gen)
+    base_A = torch.randn(2, 1, r, k, dtype=torch.float64, generator=gen)
+    B = base_B + spread * torch.randn(2, m, d, r, dtype=torch.float64, generator=gen)
+    A = base_A + spread * torch.randn(2, m, r, k, dtype=torch.float64, generator=gen)
+    w = torch.tensor([0.5, 0.3, 0.1 if spread == 1.0 else 0.2], dtype=torch.float64)
+    B_cat = torch.cat([w[j] * B[:, j] for j in range(m)], dim=-1)
+    A_cat = torch.cat([A[:, j] for j in range(m)], dim=-2)
+    *_, gap = tsvd_and_interference_stacked(B_cat, A_cat, w, r)
+    P = B_cat @ A_cat
+    B_bar = (w.reshape(-1, 1, 1) * B).sum(1)
+    A_bar = (w.reshape(-1, 1, 1) * A).sum(1)
+    dense = torch.linalg.matrix_norm(P - B_bar @ A_bar)
+    torch.testing.assert_close(gap, dense, rtol=1e-6, atol=1e-14 * float(P.abs().max()))

@@ -11,9 +11,9 @@ head) are averaged plainly.
 from __future__ import annotations
 
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
-from decaf_ray.algorithms.stacking import inbox_weights, shape_groups, stack_part
+from decaf_ray.algorithms.stacking import concat_factors, inbox_weights, shape_groups
 from decaf_ray.math import mix
-from decaf_ray.math.stacked import interference_stacked, split_stacked, tall, tsvd_stacked, wide
+from decaf_ray.math.stacked import split_stacked, tsvd_and_interference_stacked
 
 
 class DeCAF(Algorithm):
@@ -29,13 +29,12 @@ class DeCAF(Algorithm):
         A, B = {}, {}
         stats = {"interference": 0.0, "tsvd_tail": 0.0, "top_singular_value": 0.0}
         for mods in shape_groups(own) if msgs else []:
-            Bs = stack_part(msgs, mods, "B")  # (M, m, d, r)
-            As = stack_part(msgs, mods, "A")  # (M, m, r, k)
+            B_cat, A_cat = concat_factors(msgs, mods, w.numpy())  # (M, d, m r), (M, m r, k)
             rank = own.A[mods[0]].shape[0]
-            U, S, Vh, s = tsvd_stacked(wide(w.reshape(-1, 1, 1) * Bs), tall(As), rank)
+            U, S, Vh, s, gap = tsvd_and_interference_stacked(B_cat, A_cat, w, rank)
             B_new, A_new = (x.numpy() for x in split_stacked(U, S, Vh, self.sv_split))
             zero = ~(S > 0).any(dim=-1)  # (M,)
-            stats["interference"] += float(interference_stacked(Bs, As, w).sum())
+            stats["interference"] += float(gap.sum())
             stats["tsvd_tail"] += float(s[~zero, rank:].square().sum())
             stats["top_singular_value"] = max(stats["top_singular_value"], float(S[:, 0].max()))
             for idx, m in enumerate(mods):

@@ -38,6 +38,16 @@ def stack_part(
     return torch.from_numpy(np.stack(rows).astype(np.float64, copy=False))
 
 
+def concat_factors(
+    msgs: Sequence[Adapter], modules: list[str], w: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """B_cat = [w_1 B_1, ..., w_m B_m] (M, d, m r) and A_cat = [A_1; ...; A_m] (M, m r, k),
+    float64, for ``modules`` (one shape group) over the messages."""
+    B_cat = np.stack([np.concatenate([wj * a.B[m] for wj, a in zip(w, msgs)], 1) for m in modules])
+    A_cat = np.stack([np.concatenate([a.A[m] for a in msgs], 0) for m in modules])
+    return torch.from_numpy(B_cat.astype(np.float64)), torch.from_numpy(A_cat.astype(np.float64))
+
+
 def inbox_weights(inbox: Inbox) -> tuple[torch.Tensor, list[Adapter]]:
     """The non-zero weights of an inbox as a float64 vector (m,), and their messages."""
     kept = [(w, msg) for w, msg in inbox if w != 0.0]

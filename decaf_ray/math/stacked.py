@@ -22,6 +22,7 @@ __all__ = [
     "product_consensus_stacked",
     "split_stacked",
     "sq_norm_stacked",
+    "tsvd_and_interference_stacked",
     "tsvd_stacked",
     "wide",
     "tall",
@@ -58,6 +59,29 @@ def sq_norm_stacked(B_cat: Tensor, A_cat: Tensor) -> Tensor:
     return G.sum(dim=(-2, -1)).clamp_min(0.0)
 
 
+def _qr_pair(B_cat: Tensor, A_cat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reduced QRs B_cat = Q_B R_B and A_cat^T = Q_A R_A, so B_cat A_cat = Q_B R_B R_A^T Q_A^T."""
+    Q_B, R_B = torch.linalg.qr(B_cat)  # (..., d, p_B), (..., p_B, R)
+    Q_A, R_A = torch.linalg.qr(A_cat.mT)  # (..., k, p_A), (..., p_A, R)
+    return Q_B, R_B, Q_A, R_A
+
+
+def _truncate(
+    Q_B: Tensor, R_B: Tensor, Q_A: Tensor, R_A: Tensor, rank: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank-``rank`` TSVD from the QR pair via the SVD of the small core R_B R_A^T."""
+    U_c, s, Vh_c = torch.linalg.svd(R_B @ R_A.mT, full_matrices=False)
+    q = min(rank, s.shape[-1])
+    lead, d, k = Q_B.shape[:-2], Q_B.shape[-2], Q_A.shape[-2]
+    U = Q_B.new_zeros(*lead, d, rank)
+    S = Q_B.new_zeros(*lead, rank)
+    Vh = Q_B.new_zeros(*lead, rank, k)
+    U[..., :q] = Q_B @ U_c[..., :q]
+    S[..., :q] = s[..., :q]
+    Vh[..., :q, :] = Vh_c[..., :q, :] @ Q_A.mT
+    return U, S, Vh, s
+
+
 def tsvd_stacked(B_cat: Tensor, A_cat: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Rank-``rank`` TSVD of P = B_cat A_cat per batch entry, without forming P.
 
@@ -67,18 +91,28 @@ def tsvd_stacked(B_cat: Tensor, A_cat: Tensor, rank: int) -> tuple[Tensor, Tenso
     Returns U (..., d, rank), S (..., rank), Vh (..., rank, k), zero-padded past the rank of
     P, and the whole spectrum s (..., min(d, k, R)) in descending order.
     """
-    Q_B, R_B = torch.linalg.qr(B_cat)  # (..., d, p_B), (..., p_B, R)
-    Q_A, R_A = torch.linalg.qr(A_cat.mT)  # (..., k, p_A), (..., p_A, R)
-    U_c, s, Vh_c = torch.linalg.svd(R_B @ R_A.mT, full_matrices=False)
-    q = min(rank, s.shape[-1])
-    lead, d, k = B_cat.shape[:-2], B_cat.shape[-2], A_cat.shape[-1]
-    U = B_cat.new_zeros(*lead, d, rank)
-    S = B_cat.new_zeros(*lead, rank)
-    Vh = B_cat.new_zeros(*lead, rank, k)
-    U[..., :q] = Q_B @ U_c[..., :q]
-    S[..., :q] = s[..., :q]
-    Vh[..., :q, :] = Vh_c[..., :q, :] @ Q_A.mT
-    return U, S, Vh, s
+    return _truncate(*_qr_pair(B_cat, A_cat), rank)
+
+
+def tsvd_and_interference_stacked(
+    B_cat: Tensor, A_cat: Tensor, w: Tensor, rank: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`tsvd_stacked` of P = sum_j w_j B_j A_j plus its interference, from one QR pair.
+
+    B_cat = [w_1 B_1, ..., w_m B_m] (..., d, m r), A_cat = [A_1; ...; A_m] (..., m r, k). With
+    E = [I; ...; I] (m r, r) and W = [w_1 I, ..., w_m I] (r, m r): B_bar = B_cat E and
+    A_bar = W A_cat, so P - B_bar A_bar = Q_B R_B (I - E W) R_A^T Q_A^T, and as Q_B, Q_A have
+    orthonormal columns, ||P - B_bar A_bar||_F = ||R_B (I - E W) R_A^T||_F: an R x R product,
+    accurate to rounding of ||P|| (no squared-norm cancellation), any weights.
+
+    Returns U, S, Vh, s as :func:`tsvd_stacked` and the interference norms (...).
+    """
+    Q_B, R_B, Q_A, R_A = _qr_pair(B_cat, A_cat)
+    m, p = w.shape[0], R_B.shape[-2]
+    blocks = R_B.reshape(*R_B.shape[:-1], m, -1)  # (..., p, m, r): R_B's column blocks
+    centred = blocks - w.reshape(m, 1) * blocks.sum(dim=-2, keepdim=True)  # R_B (I - E W)
+    gap = centred.reshape(*R_B.shape[:-2], p, -1) @ R_A.mT  # (..., p_B, p_A)
+    return (*_truncate(Q_B, R_B, Q_A, R_A, rank), gap.square().sum(dim=(-2, -1)).sqrt())
 
 
 def split_stacked(U: Tensor, S: Tensor, Vh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
