@@ -2,8 +2,9 @@
 
 - :func:`connect` starts a local Ray (or joins a cluster at an address).
 - :class:`HostActor` is :class:`~decaf_ray.host.Host` plus object-store plumbing: after local
-  training each node's adapter is ``ray.put`` by its own host; combining fetches the
-  neighbours' messages straight from the object store. The driver only passes references.
+  training a host puts its nodes' adapters in the object store (one object per call; a
+  :class:`Part` names one node's entry); combining fetches the neighbours' messages straight
+  from the store. The driver only passes references.
 - :class:`HostPool` keeps hosts (and their loaded base model) warm across runs of a sweep and
   across tests; hosts are spread over the cluster's machines and pinned to GPUs when any exist.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -75,40 +77,76 @@ class _RayHost(Host):
     def train_publish(
         self, round_idx: int, lr: float, node_ids: list[int] | None = None, sleep_s: float = 0.0
     ) -> dict[int, dict[str, Any]]:
-        """Train nodes (default all); put each adapter (and message, if different) in the store.
+        """Train nodes (default all); put their adapters (and messages, if different) in the
+        store as one object for the whole call, each node's entry named by a :class:`Part`.
 
         ``sleep_s`` > 0 first sleeps for real (schedule.debug_sleep_s): a genuinely slow host.
         """
         if sleep_s > 0:
             time.sleep(sleep_s)
-        out = {}
-        for i, res in self.train(round_idx, lr, node_ids).items():
-            state_ref = ray.put(res.adapter)
-            msg_ref = state_ref if res.message is res.adapter else ray.put(res.message)
-            out[i] = {
+        results = self.train(round_idx, lr, node_ids)
+        states = put_parts({i: res.adapter for i, res in results.items()})
+        same = all(res.message is res.adapter for res in results.values())
+        messages = states if same else put_parts({i: r.message for i, r in results.items()})
+        return {
+            i: {
                 "loss": res.loss,
                 "train_s": res.train_s,
-                "state": state_ref,
-                "message": msg_ref,
+                "state": states[i],
+                "message": messages[i],
                 "message_bytes": res.message.nbytes,
             }
-        return out
+            for i, res in results.items()
+        }
 
-    def combine_refs(self, plan: dict[int, list[tuple[float, Any]]]) -> dict[str, Any]:
-        """Fetch the messages named in ``plan`` (node -> [(weight, ref)]) and combine."""
+    def combine_refs(self, plan: dict[int, list[tuple[float, Part]]]) -> dict[str, Any]:
+        """Fetch the messages named in ``plan`` (node -> [(weight, part)]) and combine."""
         t0 = time.perf_counter()
-        refs = list({id(ref): ref for entries in plan.values() for _, ref in entries}.values())
-        values = dict(zip((id(r) for r in refs), ray.get(refs)))
+        parts = [part for entries in plan.values() for _, part in entries]
+        values = iter(get_parts(parts))
+        inboxes = {i: [(w, next(values)) for w, _ in entries] for i, entries in plan.items()}
         fetch_s = time.perf_counter() - t0
-        inboxes = {i: [(w, values[id(ref)]) for w, ref in entries] for i, entries in plan.items()}
-        nodes = {}
-        for i, res in self.combine(inboxes).items():
-            nodes[i] = {
-                "stats": res.stats,
-                "combine_s": res.combine_s,
-                "state": ray.put(res.adapter),
-            }
+        results = self.combine(inboxes)
+        states = put_parts({i: res.adapter for i, res in results.items()})
+        nodes = {
+            i: {"stats": res.stats, "combine_s": res.combine_s, "state": states[i]}
+            for i, res in results.items()
+        }
         return {"fetch_s": fetch_s, "nodes": nodes}
+
+    def evaluate_part(self, part: Part) -> tuple[float, float]:
+        """(loss, accuracy) of the adapter ``part`` names."""
+        return self.evaluate_adapter(get_parts([part])[0])
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entry of an object in the store: ``ray.get(ref)[key]`` (``key`` None: the object).
+
+    A host puts the adapters of all the nodes of one call as one object: each ``ray.put``
+    costs 0.5-3 ms here whatever its size, so one per node per phase was a visible share of
+    a round; one per host is not.
+    """
+
+    ref: Any
+    key: int | None = None
+
+
+def put_parts(values: dict[int, Any]) -> dict[int, Part]:
+    """Put ``values`` (key -> value) as one object; a :class:`Part` for each key."""
+    ref = ray.put(values)
+    return {key: Part(ref, key) for key in values}
+
+
+def get_parts(parts: list[Part]) -> list[Any]:
+    """The values ``parts`` name, fetching each distinct object once."""
+    refs = list(dict.fromkeys(p.ref for p in parts))
+    objects = dict(zip(refs, ray.get(refs)))
+    return [objects[p.ref] if p.key is None else objects[p.ref][p.key] for p in parts]
+
+
+def put_part(value: Any) -> Part:
+    return Part(ray.put(value))
 
 
 HostActor = ray.remote(_RayHost)

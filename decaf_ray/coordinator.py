@@ -73,17 +73,17 @@ class Simulation:
         self.placement = cluster.get([h.where.remote() for h in self.hosts])
         self.setup_s = time.perf_counter() - t0
         self.sizes = np.array([len(prep.shards[i]) for i in range(prep.n)])
-        self.states: dict[int, object] = {}  # node -> ref of its latest adapter
+        self.states: dict[int, cluster.Part] = {}  # node -> its latest adapter in the store
         self.host_of = {i: h for h, block in zip(self.hosts, self.blocks) for i in block}
         self.world = build_world(cfg, prep.Pi)
         self.message_bytes = float(cluster.get(self.hosts[0].message_bytes.remote()))
         self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
 
-    def state_refs(self, nodes: range | list[int]) -> list:
-        """Refs of the nodes' latest adapters (a node that never trained: its initial one)."""
+    def state_refs(self, nodes: range | list[int]) -> list[cluster.Part]:
+        """Parts naming the nodes' latest adapters (a node that never trained: its initial one)."""
         for i in nodes:
             if i not in self.states:
-                self.states[i] = cluster.put(cluster.get(self.host_of[i].adapter.remote(i)))
+                self.states[i] = cluster.Part(self.host_of[i].adapter.remote(i))
         return [self.states[i] for i in nodes]
 
     def log_steps(self, steps: list[Step]) -> None:
@@ -125,7 +125,7 @@ class Simulation:
         self.states.update({i: r["state"] for i, r in trained.items()})
         measure = t % self.cfg.eval.metrics_every == 0 or t == self.plan.last_round
         evaluate = t % self.cfg.eval.every == 0 or t == self.plan.last_round
-        before = cluster.get(self.state_refs(range(n))) if measure else None
+        before = cluster.get_parts(self.state_refs(range(n))) if measure else None
 
         # 2. exchange + combine
         t0 = time.perf_counter()
@@ -145,7 +145,7 @@ class Simulation:
 
         # 3. consensus metrics from the adapters the hosts published
         t0 = time.perf_counter()
-        adapters = cluster.get(self.state_refs(range(n))) if measure or evaluate else None
+        adapters = cluster.get_parts(self.state_refs(range(n))) if measure or evaluate else None
         if measure:
             for key, value in consensus_metrics(adapters).items():
                 log.add(t, NETWORK, key, value)
@@ -200,8 +200,8 @@ class Simulation:
         """Who receives which message with which weight, and bytes each node sends."""
         n = self.prep.n
         if self.algorithm.uses_server:
-            messages = cluster.get([trained[i]["message"] for i in range(n)])
-            avg = cluster.put(self.algorithm.aggregate(messages, self.sizes))
+            messages = cluster.get_parts([trained[i]["message"] for i in range(n)])
+            avg = cluster.put_part(self.algorithm.aggregate(messages, self.sizes))
             self.log.add(
                 t, NETWORK, "interference", self.algorithm.server_interference(messages, self.sizes)
             )

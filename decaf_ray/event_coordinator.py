@@ -55,7 +55,7 @@ class EventSimulation(Simulation):
             if self.algorithm.communicates:
                 ops[i].append(("combine", st))
         # initial states first: they queue on each host ahead of any training
-        self.initial = {i: self.host_of[i].adapter.remote(i) for i in range(n)}
+        self.initial = {i: cluster.Part(self.host_of[i].adapter.remote(i)) for i in range(n)}
         self.message: dict[tuple[int, int], Any] = {}
         self.trained: dict[tuple[int, int], Any] = {}  # state after local steps
         self.final: dict[tuple[int, int], Any] = {}  # state after combining
@@ -190,8 +190,8 @@ class EventSimulation(Simulation):
         log.virtual_s = self.plan.round_end_s(t) or log.virtual_s
         last = t == self.plan.last_round
         if t % self.cfg.eval.metrics_every == 0 or last:
-            after = cluster.get([self._state_at(i, t, self.final) for i in range(n)])
-            before = cluster.get(
+            after = cluster.get_parts([self._state_at(i, t, self.final) for i in range(n)])
+            before = cluster.get_parts(
                 [
                     self.trained[(i, t)]
                     if (i, t) in self.plan.steps
@@ -209,10 +209,10 @@ class EventSimulation(Simulation):
             log.add(t, NETWORK, "train_loss", float(np.mean(losses)))
         if t % self.cfg.eval.every == 0 or t == self.plan.last_round:
             for i in range(n):
-                ref = self.host_of[i].evaluate_adapter.remote(self._state_at(i, t, self.final))
+                ref = self.host_of[i].evaluate_part.remote(self._state_at(i, t, self.final))
                 inflight[ref] = ("eval", (t, i))
             if self.cfg.eval.network_average:
-                after = cluster.get([self._state_at(i, t, self.final) for i in range(n)])
+                after = cluster.get_parts([self._state_at(i, t, self.final) for i in range(n)])
                 ref = self.hosts[0].evaluate_adapter.remote(network_average(after))
                 inflight[ref] = ("eval", (t, NETWORK))
         log.flush()
