@@ -105,6 +105,7 @@ class Simulation:
 
     def run_round(self, t: int) -> None:
         log, n = self.log, self.prep.n
+        round_t0 = time.perf_counter()
         steps = {i: self.plan.steps[(i, t)] for i in range(n) if (i, t) in self.plan.steps}
         log.virtual_s = self.plan.round_end_s(t) if steps else log.virtual_s
         self._rejoin(t, [st for st in steps.values() if st.rejoin])
@@ -169,6 +170,7 @@ class Simulation:
             ("combine_s", exchange_s - fetch_s),
             ("metrics_s", metrics_s),
             ("eval_s", eval_s),
+            ("round_wall_s", time.perf_counter() - round_t0),
         ):
             log.add(t, NETWORK, key, value)
         if trained:

@@ -56,13 +56,18 @@ def summarise(frame: pd.DataFrame) -> dict[str, float]:
     per_round = net[
         net["metric"].isin(["train_s", "exchange_s", "combine_s", "metrics_s", "eval_s"])
     ]
+    walls = net[net["metric"] == "round_wall_s"]  # absent from runs of older versions
     out = {
         "rounds": int(frame["round"].max()),
         "mean_node_acc": float(last.get("mean_node_acc", float("nan"))),
         "avg_model_acc": float(last.get("eval_acc", float("nan"))),
         "product_consensus": float(last.get("product_consensus", float("nan"))),
         "train_loss": float(last.get("train_loss", float("nan"))),
-        "sec_per_round": float(per_round.groupby("round")["value"].sum().mean()),
+        "sec_per_round": float(
+            walls["value"].mean()
+            if len(walls)
+            else per_round.groupby("round")["value"].sum().mean()
+        ),
         "virtual_s": float(last.get("virtual_s", float("nan"))),
     }
     return out

@@ -30,6 +30,19 @@ def pool(ray_cluster):
     p.clear()
 
 
+# wall-clock metrics: they differ between identical runs, so comparisons leave them out
+TIMING = {
+    "train_s",
+    "exchange_s",
+    "combine_s",
+    "metrics_s",
+    "eval_s",
+    "setup_s",
+    "node_train_s",
+    "round_wall_s",
+}
+
+
 def tiny_config(**overrides):
     """A run that takes seconds: tiny BERT, 4 nodes, short texts, 2 rounds."""
     from decaf_ray.config import apply_override, config_from_dict

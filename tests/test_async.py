@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_config
+from conftest import TIMING, tiny_config
 from decaf_ray.config import ConfigError
 from decaf_ray.log import NETWORK
 
-TIMING = {"train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "setup_s", "node_train_s"}
 SLOW = {"schedule__straggler_fraction": 0.25, "schedule__straggler_factor": 5.0}
 
 
@@ -185,3 +184,15 @@ def test_async_run_keeps_one_state_ref_per_node(pool, tmp_path):
     assert sorted(sim.final) == [(i, 4) for i in range(prep.n)]
     frame = sim.log.frame()
     assert sorted(frame[frame.metric == "product_consensus"]["round"]) == [1, 2, 3, 4]
+
+
+def test_round_wall_times_logged_in_every_mode(run_tiny):
+    """Each round's wall seconds (async: between completions) feed summary's sec_per_round."""
+    from decaf_ray.runner import summarise
+
+    for mode in ("sync", "async"):
+        frame = run_tiny(algorithm__name="dlora", schedule__mode=mode, train__rounds=3)
+        walls = frame[(frame.metric == "round_wall_s") & (frame.node == NETWORK)]
+        assert sorted(walls["round"]) == [1, 2, 3]
+        assert (walls.value > 0).all()
+        assert summarise(frame)["sec_per_round"] == pytest.approx(walls.value.mean())

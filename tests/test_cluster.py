@@ -19,10 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import tiny_config
+from conftest import TIMING, tiny_config
 from decaf_ray.config import to_dict
-
-TIMING = {"train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "setup_s", "node_train_s"}
 
 CHILD = """
 import json, sys

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TIMING
 from decaf_ray.log import NETWORK
 
 ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
-TIMING = {"train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "setup_s", "node_train_s"}
 
 
 def net(frame: pd.DataFrame, metric: str) -> pd.Series:
