@@ -375,7 +375,7 @@ def keep_heap() -> None:
     with its own, more often trimmed, arena. Measured with 8 MiniLM nodes per process on 2
     cores: about 5% of a round, the gap between a Ray host and a bare process. With a fixed
     mmap threshold of 32 MiB (the largest glibc allows) and trimming only past 1 GiB, the
-    faults vanish; peak memory is unchanged. A no-op off glibc.
+    faults vanish; a process's peak memory stays about the same. A no-op off glibc.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
@@ -391,7 +391,7 @@ def _init_moments(opt: torch.optim.AdamW, params: list[nn.Parameter] | None = No
     This is the state AdamW would create lazily at its first step, made up front (or zeroed
     in place, for a reset). Lazily, a node's first step allocates its moments between the
     activations of that step, and the heap holes they pin cost about 4 MB per node; made at
-    set-up, the moments of all nodes sit together (measured: 5.0 -> 1.4 MiB per node).
+    set-up, the moments of all nodes sit together (measured: 5.0 -> 1-2 MiB per node).
     """
     wanted = {id(p) for p in params} if params is not None else None
     for group in opt.param_groups:
