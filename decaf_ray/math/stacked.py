@@ -12,6 +12,8 @@ rows A_cat (..., R, k) with R = n r.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -59,26 +61,43 @@ def sq_norm_stacked(B_cat: Tensor, A_cat: Tensor) -> Tensor:
     return G.sum(dim=(-2, -1)).clamp_min(0.0)
 
 
-def _qr_pair(B_cat: Tensor, A_cat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Reduced QRs B_cat = Q_B R_B and A_cat^T = Q_A R_A, so B_cat A_cat = Q_B R_B R_A^T Q_A^T."""
-    Q_B, R_B = torch.linalg.qr(B_cat)  # (..., d, p_B), (..., p_B, R)
-    Q_A, R_A = torch.linalg.qr(A_cat.mT)  # (..., k, p_A), (..., p_A, R)
-    return Q_B, R_B, Q_A, R_A
+class _QR(NamedTuple):
+    """A reduced QR X = Q R kept as LAPACK's Householder reflectors (Q is never formed)."""
+
+    a: Tensor  # (..., rows, cols): reflectors below the diagonal, R on and above it
+    tau: Tensor  # (..., min(rows, cols))
+    R: Tensor  # (..., p, cols), p = min(rows, cols)
 
 
-def _truncate(
-    Q_B: Tensor, R_B: Tensor, Q_A: Tensor, R_A: Tensor, rank: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _qr(X: Tensor) -> _QR:
+    a, tau = torch.geqrf(X)
+    return _QR(a, tau, a[..., : min(X.shape[-2:]), :].triu())
+
+
+def _times_q(qr: _QR, C: Tensor) -> Tensor:
+    """Q C for C (..., p, q): Q's reflectors applied to C padded with zero rows (ormqr)."""
+    rows, p = qr.a.shape[-2], C.shape[-2]
+    padded = C.new_zeros(*C.shape[:-2], rows, C.shape[-1])
+    padded[..., :p, :] = C
+    return torch.ormqr(qr.a, qr.tau, padded)
+
+
+def _qr_pair(B_cat: Tensor, A_cat: Tensor) -> tuple[_QR, _QR]:
+    """B_cat = Q_B R_B and A_cat^T = Q_A R_A, so B_cat A_cat = Q_B R_B R_A^T Q_A^T."""
+    return _qr(B_cat), _qr(A_cat.mT)  # R_B (..., p_B, R), R_A (..., p_A, R)
+
+
+def _truncate(qr_B: _QR, qr_A: _QR, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Rank-``rank`` TSVD from the QR pair via the SVD of the small core R_B R_A^T."""
-    U_c, s, Vh_c = torch.linalg.svd(R_B @ R_A.mT, full_matrices=False)
+    U_c, s, Vh_c = torch.linalg.svd(qr_B.R @ qr_A.R.mT, full_matrices=False)
     q = min(rank, s.shape[-1])
-    lead, d, k = Q_B.shape[:-2], Q_B.shape[-2], Q_A.shape[-2]
-    U = Q_B.new_zeros(*lead, d, rank)
-    S = Q_B.new_zeros(*lead, rank)
-    Vh = Q_B.new_zeros(*lead, rank, k)
-    U[..., :q] = Q_B @ U_c[..., :q]
+    lead, d, k = qr_B.a.shape[:-2], qr_B.a.shape[-2], qr_A.a.shape[-2]
+    U = qr_B.a.new_zeros(*lead, d, rank)
+    S = qr_B.a.new_zeros(*lead, rank)
+    Vh = qr_B.a.new_zeros(*lead, rank, k)
+    U[..., :q] = _times_q(qr_B, U_c[..., :q])  # Q_B U_c
     S[..., :q] = s[..., :q]
-    Vh[..., :q, :] = Vh_c[..., :q, :] @ Q_A.mT
+    Vh[..., :q, :] = _times_q(qr_A, Vh_c[..., :q, :].mT).mT  # (Q_A V_c)^T
     return U, S, Vh, s
 
 
@@ -107,12 +126,13 @@ def tsvd_and_interference_stacked(
 
     Returns U, S, Vh, s as :func:`tsvd_stacked` and the interference norms (...).
     """
-    Q_B, R_B, Q_A, R_A = _qr_pair(B_cat, A_cat)
+    qr_B, qr_A = _qr_pair(B_cat, A_cat)
+    R_B, R_A = qr_B.R, qr_A.R
     m, p = w.shape[0], R_B.shape[-2]
     blocks = R_B.reshape(*R_B.shape[:-1], m, -1)  # (..., p, m, r): R_B's column blocks
     centred = blocks - w.reshape(m, 1) * blocks.sum(dim=-2, keepdim=True)  # R_B (I - E W)
     gap = centred.reshape(*R_B.shape[:-2], p, -1) @ R_A.mT  # (..., p_B, p_A)
-    return (*_truncate(Q_B, R_B, Q_A, R_A, rank), gap.square().sum(dim=(-2, -1)).sqrt())
+    return (*_truncate(qr_B, qr_A, rank), gap.square().sum(dim=(-2, -1)).sqrt())
 
 
 def split_stacked(U: Tensor, S: Tensor, Vh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
