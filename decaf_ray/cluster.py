@@ -54,6 +54,37 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+@dataclass(frozen=True)
+class Part:
+    """One entry of an object in the store: ``ray.get(ref)[key]`` (``key`` None: the object).
+
+    A host puts the adapters of all the nodes of one call as one object: each ``ray.put``
+    costs 0.5-3 ms here whatever its size, so one per node per phase was a visible share of
+    a round; one per host is not.
+    """
+
+    ref: Any
+    key: int | None = None
+
+
+def put_parts(values: dict[int, Any]) -> dict[int, Part]:
+    """Put ``values`` (key -> value) as one object; a :class:`Part` for each key."""
+    ref = ray.put(values)
+    return {key: Part(ref, key) for key in values}
+
+
+def get_parts(parts: list[Part]) -> list[Any]:
+    """The values ``parts`` name, fetching each distinct object once."""
+    refs = list(dict.fromkeys(p.ref for p in parts))
+    objects = dict(zip(refs, ray.get(refs)))
+    return [objects[p.ref] if p.key is None else objects[p.ref][p.key] for p in parts]
+
+
+def put_part(value: Any) -> Part:
+    """Put ``value`` as an object of its own; the :class:`Part` that names it whole."""
+    return Part(ray.put(value))
+
+
 class _RayHost(Host):
     """Host methods that speak in object references."""
 
@@ -117,36 +148,6 @@ class _RayHost(Host):
     def evaluate_part(self, part: Part) -> tuple[float, float]:
         """(loss, accuracy) of the adapter ``part`` names."""
         return self.evaluate_adapter(get_parts([part])[0])
-
-
-@dataclass(frozen=True)
-class Part:
-    """One entry of an object in the store: ``ray.get(ref)[key]`` (``key`` None: the object).
-
-    A host puts the adapters of all the nodes of one call as one object: each ``ray.put``
-    costs 0.5-3 ms here whatever its size, so one per node per phase was a visible share of
-    a round; one per host is not.
-    """
-
-    ref: Any
-    key: int | None = None
-
-
-def put_parts(values: dict[int, Any]) -> dict[int, Part]:
-    """Put ``values`` (key -> value) as one object; a :class:`Part` for each key."""
-    ref = ray.put(values)
-    return {key: Part(ref, key) for key in values}
-
-
-def get_parts(parts: list[Part]) -> list[Any]:
-    """The values ``parts`` name, fetching each distinct object once."""
-    refs = list(dict.fromkeys(p.ref for p in parts))
-    objects = dict(zip(refs, ray.get(refs)))
-    return [objects[p.ref] if p.key is None else objects[p.ref][p.key] for p in parts]
-
-
-def put_part(value: Any) -> Part:
-    return Part(ray.put(value))
 
 
 HostActor = ray.remote(_RayHost)

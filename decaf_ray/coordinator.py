@@ -178,7 +178,7 @@ class Simulation:
         log.flush()
 
     def _combine_on_hosts(self, plan: dict[int, list], what: str, t: int) -> list[dict]:
-        """Send each host the inboxes (node -> [(weight, ref)]) of its nodes; gather replies."""
+        """Send each host the inboxes (node -> [(weight, part)]) of its nodes; gather replies."""
         pairs = [(h, [i for i in b if i in plan]) for h, b in zip(self.hosts, self.blocks)]
         pairs = [(h, ids) for h, ids in pairs if ids]
         return cluster.gather(

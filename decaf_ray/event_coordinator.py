@@ -179,9 +179,11 @@ class EventSimulation(Simulation):
         return all(key in self.final for key in self._keys_of_round[t])
 
     def _forget(self, t: int) -> None:
-        """After round t's rows: drop the refs no later operation or row can need, so the
-        object store holds O(n) states however long the run (round t's trained states, and
-        every node's final states older than its latest one up to round t)."""
+        """After round t's rows: drop the refs no later operation or row can need (round t's
+        trained states, and every node's final states older than its latest one up to round
+        t). A host puts the states of one call as one object, alive while any of its parts is
+        referenced, so the store holds about n states times the spread in rounds between the
+        slowest and fastest node, however long the run."""
         for i, rounds in self._final_rounds.items():
             self.trained.pop((i, t), None)
             while len(rounds) >= 2 and rounds[1] <= t:

@@ -26,10 +26,11 @@ class DeCAF(Algorithm):
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
         extra = mix_adapters(inbox, own, parts=("extra",)).extra
         w, msgs = inbox_weights(inbox)
+        w_np = w.numpy()
         A, B = {}, {}
         stats = {"interference": 0.0, "tsvd_tail": 0.0, "top_singular_value": 0.0}
         for mods in shape_groups(own) if msgs else []:
-            B_cat, A_cat = concat_factors(msgs, mods, w.numpy())  # (M, d, m r), (M, m r, k)
+            B_cat, A_cat = concat_factors(msgs, mods, w_np)  # (M, d, m r), (M, m r, k)
             rank = own.A[mods[0]].shape[0]
             U, S, Vh, s, gap = tsvd_and_interference_stacked(B_cat, A_cat, w, rank)
             B_new, A_new = (x.numpy() for x in split_stacked(U, S, Vh, self.sv_split))
@@ -41,8 +42,8 @@ class DeCAF(Algorithm):
                 if zero[idx]:
                     # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any local
                     # step) would give zero factors that never train again; keep the average.
-                    B[m] = mix(w.numpy(), [msg.B[m] for msg in msgs])
-                    A[m] = mix(w.numpy(), [msg.A[m] for msg in msgs])
+                    B[m] = mix(w_np, [msg.B[m] for msg in msgs])
+                    A[m] = mix(w_np, [msg.A[m] for msg in msgs])
                     continue
                 B[m] = B_new[idx].astype(own.B[m].dtype)
                 A[m] = A_new[idx].astype(own.A[m].dtype)
