@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_parser(sub) -> None:
-    from decaf_ray.bench import BenchOptions
+    from decaf_ray.bench.options import BenchOptions
 
     d = BenchOptions()
     b = sub.add_parser(
@@ -140,7 +140,8 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from decaf_ray.bench import BenchOptions, run_bench
+    from decaf_ray.bench.options import BenchOptions
+    from decaf_ray.bench.overhead import run_bench
 
     opts = BenchOptions(
         nodes=tuple(args.nodes),

@@ -156,7 +156,11 @@ class RunConfig:
 
 
 def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
-    """Build dataclass ``cls`` from a mapping, collecting type problems into ``problems``."""
+    """Build dataclass ``cls`` from a mapping, collecting type problems into ``problems``.
+
+    A field whose value has a type problem keeps its default, so the value checks that
+    follow see well-typed values and can report their own problems alongside.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -173,12 +177,19 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
         if f.name not in data:
             continue
         path = f"{where}.{f.name}" if where else f.name
-        kwargs[f.name] = _coerce(hints[f.name], data[f.name], path, problems)
+        before = len(problems)
+        value = _coerce(hints[f.name], data[f.name], path, problems)
+        if len(problems) == before or dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = value
     return cls(**kwargs)
 
 
 def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """``value`` as type ``tp`` (items of tuples and keys and values of dicts included); a
+    problem is appended for every part that does not fit."""
     origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
     if origin in (typing.Union, types.UnionType):
@@ -194,17 +205,37 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}={value!r} is unknown; choose one of {choices}")
         return value
     if origin is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str) and args[-1:] == (Ellipsis,):
             value = [value]
         if not isinstance(value, (list, tuple)):
             problems.append(f"{path}={value!r} should be a list")
             return ()
-        return tuple(value)
+        if args[-1:] == (Ellipsis,):
+            items = [(args[0], v) for v in value]
+        elif len(value) != len(args):
+            problems.append(f"{path}={list(value)!r} should have {len(args)} items")
+            return tuple(value)
+        else:
+            items = list(zip(args, value))
+        return tuple(_coerce(a, v, f"{path}[{k}]", problems) for k, (a, v) in enumerate(items))
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}={value!r} should be a mapping")
             return {}
-        return dict(value)
+        key_tp, value_tp = args or (Any, Any)
+        out = {}
+        for k, v in value.items():
+            if key_tp is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
+                k = int(k)  # a key written as '0' (JSON, --set) for node 0
+            key = _coerce(key_tp, k, f"{path} key {k!r}", problems)
+            out[key] = _coerce(value_tp, v, f"{path}[{k!r}]", problems)
+        return out
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}={value!r} should be a list")
+            return []
+        item = args[0] if args else Any
+        return [_coerce(item, v, f"{path}[{k}]", problems) for k, v in enumerate(value)]
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string
             value = float(value)
@@ -285,8 +316,8 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         if not 0.0 <= v <= 1.0:
             p.append(f"schedule.{key}={v} is a probability and must lie in [0, 1]")
     for link, v in s.link_loss.items():
-        if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-            p.append(f"schedule.link_loss[{link!r}]={v} is a probability and must lie in [0, 1]")
+        if not 0.0 <= v <= 1.0:
+            p.append(f"schedule.link_loss[{link!r}]={v:g} is a probability and must lie in [0, 1]")
         parts = str(link).split("-")
         if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
             p.append(f"schedule.link_loss key {link!r} should be 'u-v', e.g. '0-1'")
@@ -314,7 +345,7 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         p.append(f"schedule.pareto_alpha={s.pareto_alpha} must exceed 1 (finite mean)")
     if s.compute == "factors" and (n is not None and len(s.factors) != n):
         p.append(f"schedule.factors has {len(s.factors)} values; topology.n={n} needs one each")
-    if any(not isinstance(f, (int, float)) or f <= 0 for f in s.factors):
+    if any(f <= 0 for f in s.factors):
         p.append(f"schedule.factors={list(s.factors)} must all be positive")
     if s.compute == "trace":
         if not s.trace_path:
@@ -373,10 +404,7 @@ def config_from_dict(data: dict) -> RunConfig:
     """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
-    try:
-        problems += _validate(cfg)
-    except TypeError:
-        pass  # a value of the wrong type, already reported by _build
+    problems += _validate(cfg)  # every field is well typed here (bad ones kept their default)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return cfg
@@ -411,18 +439,6 @@ def to_dict(cfg: Any) -> dict:
         return v
 
     return plain(cfg)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def expand_sweep(cfg: RunConfig) -> list[RunConfig]:

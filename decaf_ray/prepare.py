@@ -13,14 +13,16 @@ import numpy as np
 
 from decaf_ray.config import ConfigError, RunConfig
 from decaf_ray.data import (
+    Shard,
     label_histogram,
     load_text_dataset,
     partition,
     stratified_subsample,
+    tokenize,
     train_test_split,
 )
-from decaf_ray.host import Shard
-from decaf_ray.model import check_model, load_tokenizer
+from decaf_ray.node.model import check_model, load_tokenizer
+from decaf_ray.virtual import round_mixings
 from topologies import build_graph, mixing_matrix, validate_mixing
 
 
@@ -49,25 +51,11 @@ def make_graph(cfg: RunConfig) -> tuple[nx.Graph, np.ndarray, float]:
     return graph, Pi, float(report.spectral_gap)
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int, labels: np.ndarray) -> Shard:
-    enc = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        padding="max_length",
-        return_tensors="np",
-    )
-    return Shard(
-        input_ids=enc["input_ids"].astype(np.int32),
-        attention_mask=enc["attention_mask"].astype(np.int8),
-        labels=np.asarray(labels, dtype=np.int64),
-    )
-
-
 def prepare(cfg: RunConfig) -> Prepared:
     """Load, split, partition and tokenise the data; build and check the graph."""
     graph, Pi, gap = make_graph(cfg)
     n = Pi.shape[0]
+    round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray
     d = cfg.data
     ds = load_text_dataset(d.source, d.path, d.text_column, d.label_column)
     keep = stratified_subsample(np.arange(len(ds)), ds.labels, d.max_samples, cfg.seed)
@@ -90,10 +78,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     check_model(cfg.model, ds.num_classes)
     tok = load_tokenizer(cfg.model)
     all_train = tokenize(tok, [ds.texts[i] for i in train_idx], d.max_length, ds.labels[train_idx])
-    shards = {
-        i: Shard(all_train.input_ids[p], all_train.attention_mask[p], all_train.labels[p])
-        for i, p in enumerate(parts)
-    }
+    shards = {i: all_train.take(p) for i, p in enumerate(parts)}
     eval_set = tokenize(tok, [ds.texts[i] for i in test_idx], d.max_length, ds.labels[test_idx])
     hist = label_histogram(ds.labels[train_idx], parts, ds.num_classes)
     return Prepared(graph, Pi, gap, shards, eval_set, ds.num_classes, ds.class_names, hist)

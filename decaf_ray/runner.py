@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from decaf_ray import cluster
 from decaf_ray.config import RunConfig, expand_sweep, save_config, to_dict
-from decaf_ray.coordinator import Simulation
-from decaf_ray.event_coordinator import EventSimulation
-from decaf_ray.log import NETWORK, MetricsLog
+from decaf_ray.engine.executor import Executor
+from decaf_ray.engine.log import NETWORK, MetricsLog
 from decaf_ray.prepare import Prepared, prepare
+
+if TYPE_CHECKING:
+    from decaf_ray.engine.cluster import HostPool
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -32,20 +34,20 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 
 def run_one(
-    cfg: RunConfig, run_dir: Path, pool: cluster.HostPool, prep: Prepared | None = None
+    cfg: RunConfig, run_dir: Path, pool: HostPool, prep: Prepared | None = None
 ) -> pd.DataFrame:
-    """Simulate ``cfg`` into ``run_dir``; return its metrics frame."""
+    """Simulate ``cfg`` into ``run_dir`` on Ray hosts from ``pool``; return its metrics."""
+    from decaf_ray.engine.cluster import start_hosts
+
     save_config(cfg, run_dir / "config.yaml")
     prep = prep or prepare(cfg)
     log = MetricsLog(run_dir)
-    asynchronous = cfg.schedule.mode in ("async", "bounded")
-    sim = (EventSimulation if asynchronous else Simulation)(cfg, prep, pool, log)
-    (run_dir / "placement.json").write_text(
-        json.dumps(
-            {"hosts": [{"nodes": b, **p} for b, p in zip(sim.blocks, sim.placement)]}, indent=1
-        )
-    )
-    sim.run()
+    t0 = time.perf_counter()
+    hosts = start_hosts(cfg, prep, pool)
+    setup_s = time.perf_counter() - t0
+    placement = hosts.placement()
+    (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
+    Executor(cfg, prep, hosts, log, setup_s).run()
     return log.frame()
 
 
@@ -94,6 +96,8 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
     root.mkdir(parents=True, exist_ok=True)
+    from decaf_ray.engine import cluster  # Ray enters here, after every input is checked
+
     started = cluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
     pool = cluster.HostPool()
     rows = []

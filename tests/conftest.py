@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    from decaf_ray import cluster
+    from decaf_ray.engine import cluster
 
     started = cluster.connect(num_cpus=2)
     yield
@@ -23,7 +23,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def pool(ray_cluster):
-    from decaf_ray.cluster import HostPool
+    from decaf_ray.engine.cluster import HostPool
 
     p = HostPool()
     yield p

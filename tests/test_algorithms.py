@@ -11,8 +11,7 @@ from decaf_ray.algorithms import Adapter
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.dlora_fa import DLoRAFA
-from decaf_ray.consensus import consensus_metrics
-from decaf_ray.drift import average_drift
+from decaf_ray.engine.network import average_drift, consensus_metrics
 from decaf_ray.math import tsvd_dense
 from decaf_ray.math.stacked import tsvd_stacked
 

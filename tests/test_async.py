@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TIMING, tiny_config
 from decaf_ray.config import ConfigError
-from decaf_ray.log import NETWORK
+from decaf_ray.engine.log import NETWORK
 
 SLOW = {"schedule__straggler_fraction": 0.25, "schedule__straggler_factor": 5.0}
 
@@ -170,18 +170,20 @@ def test_time_varying_graph_runs_asynchronously(run_tiny, graph):
 
 def test_async_run_keeps_one_state_ref_per_node(pool, tmp_path):
     """Refs of old rounds are dropped as the run goes: the object store holds O(n) states."""
-    from decaf_ray.event_coordinator import EventSimulation
-    from decaf_ray.log import MetricsLog
+    from decaf_ray.engine.cluster import start_hosts
+    from decaf_ray.engine.executor import Executor
+    from decaf_ray.engine.log import MetricsLog
     from decaf_ray.prepare import prepare
 
     cfg = tiny_config(
         algorithm__name="decaf", schedule__mode="async", train__rounds=4, eval__every=4, **SLOW
     )
     prep = prepare(cfg)
-    sim = EventSimulation(cfg, prep, pool, MetricsLog(tmp_path / "run"))
+    sim = Executor(cfg, prep, start_hosts(cfg, prep, pool), MetricsLog(tmp_path / "run"))
     sim.run()
-    assert sim.message == {} and sim.trained == {}
-    assert sorted(sim.final) == [(i, 4) for i in range(prep.n)]
+    held = sim.held()
+    assert held["messages"] == [] and held["trained"] == []
+    assert held["states"] == [(i, 4) for i in range(prep.n)]
     frame = sim.log.frame()
     assert sorted(frame[frame.metric == "product_consensus"]["round"]) == [1, 2, 3, 4]
 

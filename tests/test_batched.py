@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
-from decaf_ray.batched import StackedLinear, adamw_step, plan_groups
-from decaf_ray.host import Host, HostSpec, RunSpec
+from decaf_ray.node import Host, HostSpec, RunSpec
+from decaf_ray.node.batched import StackedLinear, plan_groups
+from decaf_ray.node.optim import adamw_step
 from decaf_ray.prepare import prepare
 
 
@@ -42,7 +43,7 @@ def test_batched_updates_equal_sequential_after_several_steps(algorithm):
     seq, bat = _host(seq_cfg, prep), _host(bat_cfg, prep)
     assert bat.batched and not seq.batched
     for t in (1, 2, 3):
-        a, b = seq.train(t, lr=5e-3), bat.train(t, lr=5e-3)
+        a, b = seq.train(t), bat.train(t)
         for i in a:
             assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
             for part in ("A", "B", "extra"):
@@ -94,18 +95,18 @@ def test_groups_bound_rows_and_share_a_batch_size():
 
 def test_moments_made_up_front_train_like_lazy_adamw():
     """Host makes AdamW state at set-up (less heap fragmentation); steps must not change."""
-    from decaf_ray.host import _init_moments
+    from decaf_ray.node.optim import init_moments
 
     torch.manual_seed(0)
     lazy_p = torch.nn.Parameter(torch.randn(6, 4))
     eager_p = torch.nn.Parameter(lazy_p.detach().clone())
     lazy = torch.optim.AdamW([lazy_p], lr=0.1, weight_decay=0.01)
     eager = torch.optim.AdamW([eager_p], lr=0.1, weight_decay=0.01)
-    _init_moments(eager)
+    init_moments(eager)
     assert float(eager.state[eager_p]["step"]) == 0.0
     for step in range(4):
         if step == 2:  # a reset (decaf's reset_moments) equals a fresh optimizer's state
-            _init_moments(eager, [eager_p])
+            init_moments(eager, [eager_p])
             lazy.state.pop(lazy_p)
         g = torch.randn(6, 4)
         for p, opt in ((lazy_p, lazy), (eager_p, eager)):

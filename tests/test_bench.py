@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from decaf_ray.bench import BenchOptions, bench_config, bench_tsvd, format_table, pss_bytes
+from decaf_ray.bench.options import BenchOptions
+from decaf_ray.bench.overhead import bench_config, bench_tsvd, format_table, pss_bytes
 from decaf_ray.cli import _parser
 
 

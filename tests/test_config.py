@@ -102,3 +102,33 @@ def test_sweep_runs_share_one_prepared_partition_per_data_and_seed():
     pa, pb, pc = prepare_all([a, b, c])
     assert pa is pb and pa is not pc
     assert not all(np.array_equal(pa.shards[i].labels, pc.shards[i].labels) for i in range(4))
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (
+            ['schedule.churn=[[1, "a", 3]]', "schedule.loss_p=2.0"],
+            ["schedule.churn[0][1]='a' should be of type int", "schedule.loss_p=2.0"],
+        ),
+        (["schedule.churn=[[1, 2]]"], ["schedule.churn[0]=[1, 2] should have 3 items"]),
+        (
+            ['schedule.debug_sleep_s={0: "x"}', "train.rounds=0"],
+            ["schedule.debug_sleep_s[0]='x' should be of type float", "train.rounds=0"],
+        ),
+        (['schedule.factors=[1.0, "fast"]'], ["schedule.factors[1]='fast' should be of type float"]),
+        (["schedule.link_loss={0-1: high}"], ["schedule.link_loss['0-1']='high' should be"]),
+        (["model.target_modules=[query, 3]"], ["model.target_modules[1]=3 should be of type str"]),
+    ],
+)
+def test_item_and_value_types_are_checked_and_nothing_is_swallowed(overrides, needles):
+    """A wrong type inside a list or mapping is reported, with every other problem."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_mapping_keys_of_node_ids_may_be_written_as_strings():
+    cfg = load_config(None, ['schedule.debug_sleep_s={"2": 0.5}'])
+    assert cfg.schedule.debug_sleep_s == {2: 0.5}

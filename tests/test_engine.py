@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import TIMING
-from decaf_ray.log import NETWORK
+from decaf_ray.engine.log import NETWORK
 
 ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
 

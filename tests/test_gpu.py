@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decaf_ray.log import NETWORK
+from decaf_ray.engine.log import NETWORK
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from decaf_ray.algorithms import Adapter
-from decaf_ray.drift import average_drift
+from decaf_ray.engine.network import average_drift
 from decaf_ray.math import mix_all
 from decaf_ray.virtual import (
     EventQueue,
@@ -34,7 +35,7 @@ def ring_world(n=8, rounds=6, **schedule):
 
 
 def test_virtual_package_never_imports_ray():
-    code = "import sys, decaf_ray.virtual, decaf_ray.drift; print('ray' in sys.modules)"
+    code = "import sys, decaf_ray.virtual, decaf_ray.engine.network; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -124,6 +125,105 @@ def test_equal_speeds_make_every_mode_the_same_plan():
     bounded = tiny_config(schedule__mode="bounded", schedule__staleness=0).schedule
     plans.append(make_plan(world, "bounded", 1e5, bounded))
     assert plans[0].steps == plans[1].steps == plans[2].steps
+
+
+def _world(name, n, rounds, mixing="uniform", **schedule):
+    overrides = {f"schedule__{k}": v for k, v in schedule.items()}
+    cfg = tiny_config(topology__n=n, topology__mixing=mixing, train__rounds=rounds, **overrides)
+    Pi = mixing_matrix(
+        build_graph(name, n, **({"seed": 0} if name == "erdos_renyi" else {})), mixing
+    )
+    return cfg, build_world(cfg, Pi)
+
+
+EQUAL_SPEED_CASES = {
+    "ring churn (issue 8: sent)": ("ring", 8, "uniform", dict(churn=[[1, 2, 4]])),
+    "er churn (issue 8: dropped)": (
+        "erdos_renyi",
+        10,
+        "metropolis_hastings",
+        dict(churn=[[1, 2, 4]]),
+    ),
+    "churn, rejoin from neighbours": (
+        "ring",
+        6,
+        "uniform",
+        dict(churn=[[1, 2, 4], [2, 2, 3], [4, 3, 5]], rejoin="neighbours"),
+    ),
+    "random churn and loss": (
+        "erdos_renyi",
+        10,
+        "metropolis_hastings",
+        dict(churn_p=0.2, churn_down=2, loss_p=0.3, rejoin="neighbours"),
+    ),
+    "loss, to_self": ("ring", 8, "uniform", dict(loss_p=0.4, missing="to_self")),
+    "latency and bandwidth": ("torus", 9, "uniform", dict(latency_s=0.3, bandwidth_bytes_s=1e6)),
+    "latency and loss": ("erdos_renyi", 10, "metropolis_hastings", dict(latency_s=0.5, loss_p=0.2)),
+    "time-varying graph and loss": (
+        "ring",
+        8,
+        "metropolis_hastings",
+        dict(graph="erdos_renyi", loss_p=0.2),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EQUAL_SPEED_CASES))
+def test_sync_and_bounded_zero_plan_the_same_steps(case):
+    """At equal speeds, sync and bounded with s = 0 agree on every Step field: inboxes and
+    weights, send/arrival/combine times, sent, dropped, lag and rejoin receipts."""
+    name, n, mixing, schedule = EQUAL_SPEED_CASES[case]
+    cfg, world = _world(name, n, 6, mixing, **schedule)
+    sync = make_plan(world, "sync", 1e5, cfg.schedule)
+    s0 = replace(cfg.schedule, mode="bounded", staleness=0)
+    bounded = make_plan(world, "bounded", 1e5, s0)
+    assert sorted(sync.steps) == sorted(bounded.steps)
+    for key, st in sync.steps.items():
+        assert bounded.steps[key] == st, (case, key)
+    assert [sync.round_end_s(t) for t in range(1, 7)] == [
+        bounded.round_end_s(t) for t in range(1, 7)
+    ]
+
+
+def test_sent_dropped_and_rejoin_mean_one_thing():
+    """The two cases of issue 8, and what a rejoin reads."""
+    _, world = _world("ring", 8, 4, churn=[[1, 2, 4]])
+    step = make_plan(world, "sync", 1e5, tiny_config().schedule).steps[(0, 2)]
+    assert step.sent == 1  # node 1 is away: only node 7 is sent node 0's message
+    cfg, world = _world("erdos_renyi", 10, 5, "metropolis_hastings", churn=[[1, 2, 4]])
+    bounded = replace(cfg.schedule, mode="bounded", staleness=0)
+    assert make_plan(world, "bounded", 1e5, bounded).steps[(1, 4)].dropped == 0  # sent nothing
+    cfg, world = _world("ring", 4, 4, churn=[[1, 2, 4]], rejoin="neighbours", loss_p=1.0)
+    for mode in ("sync", "async"):
+        plan = make_plan(world, mode, 1e5, cfg.schedule)
+        assert plan.steps[(0, 2)].dropped == 1  # node 3's message lost; node 1 sent nothing
+        back = plan.steps[(1, 4)].rejoin
+        # neighbours 0 and 2 hand over their states after their round-3 combine
+        assert [(rc.sender, rc.sender_round) for rc in back] == [(0, 3), (2, 3)]
+        assert [rc.weight for rc in back] == [0.5, 0.5]
+        assert back[0].sent_s == plan.steps[(0, 3)].combine_s == plan.steps[(1, 4)].start_s
+
+
+def test_rejoin_reads_initial_states_of_neighbours_that_never_combined():
+    cfg, world = _world("ring", 4, 3, churn=[[1, 1, 2], [0, 1, 2]], rejoin="neighbours")
+    for mode in ("sync", "async"):
+        back = make_plan(world, mode, 1e5, cfg.schedule).steps[(1, 2)].rejoin
+        assert [(rc.sender, rc.sender_round) for rc in back] == [(0, 0), (2, 1)]
+
+
+def test_time_varying_graph_with_a_rule_that_breaks_symmetry_is_refused():
+    from decaf_ray.virtual import round_mixings
+    from topologies import MixingError
+
+    Pi = mixing_matrix(build_graph("ring", 10), "uniform")
+    bad = tiny_config(topology__n=10, schedule__graph="erdos_renyi")
+    with pytest.raises(MixingError, match=r"round 1.*not symmetric.*metropolis_hastings"):
+        round_mixings(bad, Pi)
+    good = tiny_config(
+        topology__n=10, topology__mixing="metropolis_hastings", schedule__graph="erdos_renyi"
+    )
+    for P in round_mixings(good, Pi):
+        assert np.allclose(P, P.T) and np.allclose(P.sum(axis=0), 1.0)
 
 
 def test_plans_are_deterministic_and_async_beats_sync_with_stragglers():

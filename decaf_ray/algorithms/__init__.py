@@ -17,9 +17,7 @@ def make_algorithm(cfg: AlgorithmConfig) -> Algorithm:
     """The algorithm named in ``cfg``; ValueError naming the bad name otherwise."""
     if cfg.name not in REGISTRY:
         raise ValueError(f"unknown algorithm {cfg.name!r}; choose one of {sorted(REGISTRY)}")
-    if cfg.name == "decaf":
-        return DeCAF(sv_split=cfg.sv_split, reset_moments=cfg.reset_moments)
-    return REGISTRY[cfg.name]()
+    return REGISTRY[cfg.name].from_config(cfg)
 
 
 __all__ = [

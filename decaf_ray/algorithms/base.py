@@ -11,10 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from decaf_ray.math import mix
+
+if TYPE_CHECKING:
+    from decaf_ray.config import AlgorithmConfig
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class Algorithm(ABC):
     uses_server = False  # True: a server aggregates all messages (fedavg)
     trains_A = True  # False: A stays frozen at its shared initial value (dlora_fa)
     resets_moments = False  # True: zero the optimizer moments of A and B after combining
+
+    @classmethod
+    def from_config(cls, cfg: AlgorithmConfig) -> Algorithm:
+        """The algorithm with its options from ``cfg`` (a method with none ignores it)."""
+        return cls()
 
     def message(self, adapter: Adapter) -> Adapter:
         """What a node sends its neighbours after local training."""

@@ -10,10 +10,15 @@ head) are averaged plainly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
 from decaf_ray.algorithms.stacking import concat_factors, inbox_weights, shape_groups
 from decaf_ray.math import mix
 from decaf_ray.math.stacked import split_stacked, tsvd_and_interference_stacked
+
+if TYPE_CHECKING:
+    from decaf_ray.config import AlgorithmConfig
 
 
 class DeCAF(Algorithm):
@@ -22,6 +27,10 @@ class DeCAF(Algorithm):
     def __init__(self, sv_split: str = "balanced", reset_moments: bool = False) -> None:
         self.sv_split = sv_split
         self.resets_moments = reset_moments
+
+    @classmethod
+    def from_config(cls, cfg: AlgorithmConfig) -> DeCAF:
+        return cls(sv_split=cfg.sv_split, reset_moments=cfg.reset_moments)
 
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
         extra = mix_adapters(inbox, own, parts=("extra",)).extra

@@ -7,6 +7,7 @@ from decaf_ray.data.partition import (
     stratified_subsample,
     train_test_split,
 )
+from decaf_ray.data.shard import Shard, tokenize
 from decaf_ray.data.sources import (
     FILE_EXTENSIONS,
     KNOWN_SOURCES,
@@ -20,10 +21,12 @@ __all__ = [
     "KNOWN_SOURCES",
     "PARTITION_SCHEMES",
     "DataError",
+    "Shard",
     "TextDataset",
     "label_histogram",
     "load_text_dataset",
     "partition",
     "stratified_subsample",
+    "tokenize",
     "train_test_split",
 ]

@@ -3,10 +3,13 @@
 Pure and Ray-free. Event times come only from these models and the run's seed, never from the
 wall clock: :func:`build_world` draws every model once; :func:`plan_sync` (modes ``sync`` and
 ``deadline``) and :func:`plan_async` (``async`` and ``bounded``) turn a world into one
-:class:`Step` per node and round, which the coordinators then execute on Ray.
+:class:`Step` per node and round, which :mod:`decaf_ray.engine.executor` then runs.
 """
 
-from decaf_ray.config import ScheduleConfig
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from decaf_ray.virtual.churn import active_table, rejoining
 from decaf_ray.virtual.compute import COMPUTE_MODELS, read_trace, step_seconds
 from decaf_ray.virtual.des import plan_async
@@ -15,7 +18,10 @@ from decaf_ray.virtual.graphs import DYNAMIC_GRAPHS, graph_at, mixing_at
 from decaf_ray.virtual.links import LinkModel, loss_table, parse_link
 from decaf_ray.virtual.plan import Plan, Receipt, Step, plan_sync
 from decaf_ray.virtual.stragglers import straggler_factors
-from decaf_ray.virtual.world import World, build_world
+from decaf_ray.virtual.world import World, build_world, round_mixings
+
+if TYPE_CHECKING:
+    from decaf_ray.config import ScheduleConfig
 
 
 def make_plan(world: World, mode: str, nbytes: float, s: ScheduleConfig) -> Plan:
@@ -53,6 +59,7 @@ __all__ = [
     "plan_sync",
     "read_trace",
     "rejoining",
+    "round_mixings",
     "step_seconds",
     "straggler_factors",
 ]

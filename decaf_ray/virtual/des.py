@@ -10,14 +10,18 @@ than slow ones in the same virtual time, which is what asynchrony buys.
 
 ``bounded`` (staleness s): node i combines round t only when, for every present neighbour j
 of G_t, j has published round t - s and j's transmission of that round to i is no longer in
-flight (delivered or lost). With s = 0, equal speeds, zero latency and no loss this is exactly
-``sync``; so is ``async``, because at equal times publications and arrivals are processed
-before combines.
+flight (delivered or lost), and it uses only messages of round t - s or later (an older one it
+still holds is left out, as if lost). With s = 0 and equal speeds this is exactly ``sync``,
+losses and latency included (tested); so is ``async`` without losses and latency, because at
+equal times publications and arrivals are processed before combines.
 
-Messages to a node that is away are dropped, and its neighbours forget the messages they held
-from it. A node away in round t spends c_i(t) away and neither sends nor combines; on return
+Nothing is sent to a node that is away or has stopped; a message already on its way when its
+receiver leaves is dropped, and a node's neighbours forget the messages they held from it when
+it leaves. A node away in round t spends c_i(t) away and neither sends nor combines; on return
 it starts from its own stale state or, with ``rejoin="neighbours"``, from the renormalised mix
-of its present neighbours' latest published states (it asks them).
+of its present neighbours' current states (their latest combine; see :mod:`.plan` for the
+meaning of ``sent``, ``dropped`` and a rejoin, shared with ``plan_sync``). The rejoin is
+decided after every round start at that instant, so it sees who else is back.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from decaf_ray.virtual.events import EventQueue
 from decaf_ray.virtual.plan import Plan, Step, rejoin_receipts, weighted
 from decaf_ray.virtual.world import World
 
-# priorities at equal times: publications, then arrivals, then combines, then round starts
-_PUBLISH, _ARRIVE, _COMBINE, _BEGIN = range(4)
+# priorities at equal times: publications, arrivals, combines, round starts, then rejoins
+_PUBLISH, _ARRIVE, _COMBINE, _BEGIN, _REJOIN = range(5)
 
 
 def plan_async(
@@ -45,7 +49,7 @@ def plan_async(
     held: list[dict[int, tuple]] = [{} for _ in range(n)]  # i -> {j: (round, sent, arrived)}
     inflight: list[dict[int, list[int]]] = [{} for _ in range(n)]  # i -> {j: [rounds]}
     published = [0] * n
-    pub_s = [0.0] * n
+    combined = [(0, 0.0)] * n  # node -> (round, time) of its latest combine
     away = [False] * n
     finished = [False] * n
     started: dict[tuple[int, int], tuple] = {}  # (i, t) -> (start, trained, sent, rejoin)
@@ -77,7 +81,12 @@ def plan_async(
         start, trained, sent, back = started[(i, t)]
         Pi = world.Pi(t)
         own = (i, t, trained, trained)
-        msgs = [own] + [(j, *held[i][j]) for j in sorted(held[i]) if j != i and Pi[i, j] > 0]
+        oldest = 0 if staleness is None else t - staleness
+        msgs = [own] + [
+            (j, *held[i][j])
+            for j in sorted(held[i])
+            if j != i and Pi[i, j] > 0 and held[i][j][0] >= oldest
+        ]
         steps[(i, t)] = Step(
             i,
             t,
@@ -91,6 +100,7 @@ def plan_async(
             lag,
         )
         dropped[i] = 0
+        combined[i] = (t, now)
         events.append((now, "combine", i, t))
         q.push(now, _BEGIN, "begin", i, t + 1)
 
@@ -117,24 +127,21 @@ def plan_async(
                 q.push(now + float(world.compute_s[i, t - 1]), _BEGIN, "begin", i, t + 1)
                 retry(now)  # neighbours waiting on i stop waiting
                 continue
-            back = ()
             if rejoining(world.active, i, t):
                 away[i] = False
-                if rejoin == "neighbours":  # pull the present neighbours' latest states
-                    latest = [
-                        (j, published[j], pub_s[j], now)
-                        for j in range(n)
-                        if not away[j] and published[j] > 0
-                    ]
-                    back = rejoin_receipts(world.Pi(t)[i], i, latest)
+                if rejoin == "neighbours":  # once everyone starting now has started
+                    q.push(now, _REJOIN, "rejoin", i, t)
             trained = now + float(world.compute_s[i, t - 1])
-            started[(i, t)] = [now, trained, 0, back]
+            started[(i, t)] = [now, trained, 0, ()]
             q.push(trained, _PUBLISH, "publish", i, t)
+        elif ev.kind == "rejoin":  # pull the present neighbours' current states
+            states = [(j, *combined[j], now) for j in range(n) if not away[j]]
+            started[(i, t)][3] = rejoin_receipts(world.Pi(t)[i], i, states)
         elif ev.kind == "publish":
-            published[i], pub_s[i] = t, now
+            published[i] = t
             Pi = world.Pi(t)
             for k in range(n):
-                if k != i and Pi[k, i] > 0:
+                if k != i and Pi[k, i] > 0 and not away[k] and not finished[k]:
                     started[(i, t)][2] += 1
                     inflight[k].setdefault(i, []).append(t)
                     q.push(now + delay, _ARRIVE, "arrive", k, t, (i, now))

@@ -7,7 +7,20 @@ arrived the row is used unchanged (bit for bit). The plan depends only on the Wo
 message size, never on the wall clock, so it is identical on every machine.
 
 ``plan_sync`` covers ``sync`` (barrier rounds; the last arrival ends the round) and
-``deadline`` (rounds of at most ``deadline_s``; later messages are dropped).
+``deadline`` (rounds of at most ``deadline_s``; later messages are dropped); ``plan_async``
+(:mod:`decaf_ray.virtual.des`) covers ``async`` and ``bounded``. Both planners give the three
+counts one meaning, so that with staleness 0 and equal speeds they give identical steps:
+
+- ``sent``: messages node i transmits after its round-t local steps, one to each neighbour of
+  G_t that is present at that moment; a neighbour that is away (churn) or has stopped is sent
+  nothing. Lost messages were sent. ``bytes_sent`` is ``sent`` times the message size.
+- ``dropped``: messages sent to node i that it never got: lost on the link, later than the
+  deadline, or arriving while it was away; counted in its first step after they were due.
+- rejoin: a node back from churn (``rejoin: neighbours``) first combines, with its algorithm's
+  rule, its present neighbours' *current states* (each neighbour's state after its latest
+  combine, or its initial state), each cut to the message that neighbour would send, with
+  Pi_t's weights renormalised over them; its own stale state is left out. A rejoin receipt
+  names (neighbour, the round of that state, weight, when the state was made, now).
 """
 
 from __future__ import annotations
@@ -41,9 +54,9 @@ class Step:
     trained_s: float  # local steps end; the node's message leaves
     combine_s: float  # the node combines (after waiting, in bounded mode)
     inbox: tuple[Receipt, ...]  # the node's own message included, in sender order
-    rejoin: tuple[Receipt, ...] = ()  # non-empty: reset to these neighbours' mix before training
-    sent: int = 0  # messages this node sent this round (lost ones included)
-    dropped: int = 0  # messages addressed to this node in this round that it never got
+    rejoin: tuple[Receipt, ...] = ()  # non-empty: start from these neighbours' states' mix
+    sent: int = 0  # messages this node sent this round, lost ones included (see above)
+    dropped: int = 0  # messages sent to this node that it never got (see above)
     max_lag_rounds: int = 0  # max over awaited neighbours of round_idx - their round heard
 
     @property
@@ -97,7 +110,8 @@ def weighted(
 
 
 def rejoin_receipts(Pi_row: np.ndarray, node: int, held: list) -> tuple[Receipt, ...]:
-    """Neighbours' messages (self excluded), weights Pi_ij renormalised over them."""
+    """Receipts of neighbours' states (self excluded), held as (neighbour, state's round,
+    state made at, now); weights Pi_ij renormalised over them."""
     others = [h for h in held if h[0] != node and Pi_row[h[0]] > 0]
     if not others:
         return ()
@@ -121,7 +135,7 @@ def plan_sync(
     still completes its own steps; only its messages are late)."""
     n, delay = world.n, world.link.delay_s(nbytes)
     steps, events, T0 = {}, [], 0.0
-    last_present = {i: 0 for i in range(n)}
+    combined = {i: (0, 0.0) for i in range(n)}  # node -> (round, time) of its latest combine
     for t in range(1, world.rounds + 1):
         if budget_s is not None and T0 >= budget_s:
             break  # the time budget is spent: no new round starts
@@ -152,8 +166,8 @@ def plan_sync(
         for i in sorted(trained):
             back = ()
             if rejoin == "neighbours" and rejoining(world.active, i, t):
-                prev = [(j, last_present[j], T0, T0) for j in trained if last_present[j] > 0]
-                back = rejoin_receipts(Pi[i], i, prev)
+                states = [(j, *combined[j], T0) for j in trained]  # present neighbours
+                back = rejoin_receipts(Pi[i], i, states)
             steps[(i, t)] = Step(
                 i,
                 t,
@@ -167,6 +181,6 @@ def plan_sync(
             )
             events.append((end, "combine", i, t))
         for i in trained:
-            last_present[i] = t
+            combined[i] = (t, end)
         T0 = end
     return Plan(steps, tuple(events))

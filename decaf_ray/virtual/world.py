@@ -10,13 +10,17 @@ change which messages are lost, and so on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from decaf_ray.config import RunConfig
 from decaf_ray.virtual.churn import active_table
 from decaf_ray.virtual.compute import step_seconds
 from decaf_ray.virtual.graphs import mixing_at
+from topologies import MixingError, check_mixing
+
+if TYPE_CHECKING:
+    from decaf_ray.config import RunConfig
 from decaf_ray.virtual.links import LinkModel, loss_table
 from decaf_ray.virtual.stragglers import straggler_factors
 
@@ -67,11 +71,33 @@ def build_world(cfg: RunConfig, Pi: np.ndarray) -> World:
     compute_s = cfg.train.local_steps * steps * slow
     lost = loss_table(n, T, s.loss_p, s.link_loss, _seed(seed, _LOSS))
     active = active_table(n, T, s.churn, s.churn_p, s.churn_down, _seed(seed, _CHURN))
-    if s.graph == "static":
-        mixings = tuple(Pi for _ in range(T))
-    else:
-        mixings = tuple(
-            mixing_at(s.graph, n, t, cfg.topology.mixing, _seed(seed, _GRAPH), s.graph_p)
-            for t in range(1, T + 1)
-        )
+    mixings = round_mixings(cfg, Pi)
     return World(compute_s, LinkModel(s.latency_s, s.bandwidth_bytes_s), lost, active, mixings)
+
+
+def round_mixings(cfg: RunConfig, Pi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each round's mixing matrix: ``Pi`` (already checked) on a static graph, else
+    ``topology.mixing`` of that round's graph, checked here.
+
+    A round's graph may be disconnected (connectivity only has to hold over time), but its
+    matrix must be symmetric, doubly stochastic and non-negative, or gossip drifts away from
+    the average. Raises MixingError naming the round and a rule that works.
+    """
+    s, n, T, rule = cfg.schedule, Pi.shape[0], cfg.train.rounds, cfg.topology.mixing
+    if s.graph == "static":
+        return tuple(Pi for _ in range(T))
+    mixings = []
+    for t in range(1, T + 1):
+        Pi_t = mixing_at(s.graph, n, t, rule, _seed(cfg.seed, _GRAPH), s.graph_p)
+        report = check_mixing(Pi_t)
+        if not (report.symmetric and report.doubly_stochastic and report.nonnegative):
+            problem = next(p for p in report.problems if "disconnected" not in p)
+            problem = problem.split("; use ")[0]
+            raise MixingError(
+                f"schedule.graph={s.graph!r} with topology.mixing={rule!r}: the mixing matrix "
+                f"of round {t} is not a gossip matrix ({problem}); use topology.mixing="
+                "metropolis_hastings or max_degree, which are symmetric and doubly stochastic "
+                "on every graph"
+            )
+        mixings.append(Pi_t)
+    return tuple(mixings)

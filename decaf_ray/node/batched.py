@@ -11,16 +11,23 @@ each node's loss is the mean over its own rows and the group loss is their sum, 
 gradient is exactly its own; AdamW is elementwise, so :func:`adamw_step` over stacked
 tensors, with one step count per node, equals k separate AdamW steps. Dropout masks differ
 from the sequential path (one RNG draw for the group), so equality holds with dropout off.
+:func:`train_group` is the whole loop: stack, step, write back.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from decaf_ray.node.optim import adamw_step, hyper, stack_moments, write_moments
+from decaf_ray.node.state import NodeState, concat_rows, derived_seed
 
 
 class StackedLinear(nn.Module):
@@ -53,7 +60,7 @@ def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
 def stacked_modules(model: nn.Module, slots, stacks: dict[str, torch.Tensor]) -> Iterator[None]:
     """Temporarily replace each trainable linear map by a StackedLinear over ``stacks``.
 
-    ``slots`` is the host's :class:`~decaf_ray.model.ParamSlots`; ``stacks`` maps each slot
+    ``slots`` is the host's :class:`~decaf_ray.node.model.ParamSlots`; ``stacks`` maps each slot
     key ("<module>.A", "<module>.B", "classifier.weight", ...) to a (k, ...) tensor.
     """
     parents = _parents(model)
@@ -86,38 +93,6 @@ def stacked_modules(model: nn.Module, slots, stacks: dict[str, torch.Tensor]) ->
                 setattr(parent, name, owner)
 
 
-@torch.no_grad()
-def adamw_step(
-    params: torch.Tensor,
-    grads: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    steps: torch.Tensor,
-    *,
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-) -> None:
-    """One AdamW step on stacked (k, ...) tensors, in place; ``steps`` (k,) per node.
-
-    The same arithmetic as torch.optim.AdamW's single-tensor path, per row block:
-    p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2 v + (1-b2) g^2;
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
-    """
-    beta1, beta2 = betas
-    steps += 1
-    shape = (-1,) + (1,) * (params.dim() - 1)
-    bc1 = (1 - beta1 ** steps.to(torch.float64)).to(params.dtype).reshape(shape)
-    bc2_sqrt = (1 - beta2 ** steps.to(torch.float64)).sqrt().to(params.dtype).reshape(shape)
-    if weight_decay:
-        params.mul_(1 - lr * weight_decay)
-    exp_avg.lerp_(grads, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
-    denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
-    params.sub_(lr * exp_avg / (bc1 * denom))
-
-
 def node_losses(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(k,) each node's mean cross-entropy over its own rows (rows node-major).
 
@@ -137,3 +112,67 @@ def plan_groups(sizes: dict[int, int], batch_size: int, max_rows: int) -> list[l
         per_group = max(1, max_rows // b)
         groups += [ids[i : i + per_group] for i in range(0, len(ids), per_group)]
     return groups
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    losses: list[float]  # each node's mean loss over the local steps
+    seconds_per_node: float
+    tensors: dict[str, np.ndarray]  # slot key -> (k, ...) the group's final values, on CPU
+
+
+def train_group(
+    model: nn.Module,
+    slots,
+    nodes: list[NodeState],
+    *,
+    local_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    round_idx: int,
+) -> GroupResult:
+    """``local_steps`` AdamW steps of k nodes in one pass each over the shared base.
+
+    Each node's parameters and moments are stacked, trained as :class:`StackedLinear` maps,
+    and copied back into the node (parameters, AdamW state); the final tensors also come
+    back as numpy stacks in one device-to-host copy.
+    """
+    t0 = time.perf_counter()
+    k, keys = len(nodes), list(nodes[0].params)
+    device = nodes[0].data["labels"].device
+    stacks = {key: torch.stack([n.params[key].detach() for n in nodes]) for key in keys}
+    trainable = [key for key in keys if nodes[0].params[key].requires_grad]
+    for key in trainable:
+        stacks[key].requires_grad_(True)
+    moments = {
+        key: stack_moments([(n.optimizer, n.params[key]) for n in nodes], device)
+        for key in trainable
+    }
+    settings = hyper(nodes[0].optimizer)
+    torch.manual_seed(derived_seed(seed, nodes[0].node_id, round_idx))  # dropout
+    model.train()
+    losses = []
+    with stacked_modules(model, slots, stacks):
+        for _ in range(local_steps):
+            batch = concat_rows([n.next_batch(batch_size) for n in nodes])
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            per_node = node_losses(logits, batch["labels"], k)
+            per_node.sum().backward()
+            for key in trainable:
+                m, v, steps = moments[key]
+                adamw_step(stacks[key].data, stacks[key].grad, m, v, steps, lr=lr, **settings)
+                stacks[key].grad = None
+            losses.append(per_node.detach())
+    host_stacks = {key: x.detach().cpu().numpy() for key, x in stacks.items()}  # one copy
+    for j, node in enumerate(nodes):
+        with torch.no_grad():
+            for key in keys:
+                node.params[key].copy_(stacks[key][j])
+        for key in trainable:
+            m, v, steps = moments[key]
+            write_moments(node.optimizer, node.params[key], m[j], v[j], float(steps[j]))
+    mean_losses = torch.stack(losses).mean(dim=0).tolist()
+    return GroupResult(mean_losses, (time.perf_counter() - t0) / k, host_stacks)

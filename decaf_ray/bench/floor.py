@@ -1,6 +1,6 @@
 """The bare-compute floor of a round: the same local steps as the simulator, without Ray.
 
-A :class:`FloorWorker` is a spawned process holding one :class:`~decaf_ray.host.Host` (plain
+A :class:`FloorWorker` is a spawned process holding one :class:`~decaf_ray.node.Host` (plain
 torch) and a share of the nodes. ``train_round`` runs one round of local steps on every worker
 at once and returns the wall time until the slowest is done. Nothing is exchanged: this is the
 compute a simulated round cannot go below. The benchmark compares the simulator with the faster
@@ -14,11 +14,12 @@ import multiprocessing as mp
 import time
 from dataclasses import replace
 
-from decaf_ray.host import Host, HostSpec, RunSpec, Shard
+from decaf_ray.data import Shard
+from decaf_ray.node import Host, HostSpec, RunSpec
 
 
 def _serve(conn, spec: HostSpec, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> None:
-    """Worker loop: build the host once, then answer ("train", round, lr) until ("stop",)."""
+    """Worker loop: build the host once, then answer ("train", round) until ("stop",)."""
     host = Host(spec)
     host.setup(run, shards, eval_set)
     conn.send("ready")
@@ -26,9 +27,9 @@ def _serve(conn, spec: HostSpec, run: RunSpec, shards: dict[int, Shard], eval_se
         msg = conn.recv()
         if msg[0] == "stop":
             break
-        _, round_idx, lr = msg
+        _, round_idx = msg
         t0 = time.perf_counter()
-        host.train(round_idx, lr)
+        host.train(round_idx)
         conn.send(time.perf_counter() - t0)
     conn.close()
 
@@ -51,8 +52,8 @@ class FloorWorker:
         if self._conn.recv() != "ready":
             raise RuntimeError("floor worker failed to start")
 
-    def start_round(self, round_idx: int, lr: float) -> None:
-        self._conn.send(("train", round_idx, lr))
+    def start_round(self, round_idx: int) -> None:
+        self._conn.send(("train", round_idx))
 
     def finish_round(self) -> float:
         return float(self._conn.recv())
@@ -83,10 +84,10 @@ class Floor:
         for w in self.workers:
             w.wait_ready()
 
-    def train_round(self, round_idx: int, lr: float) -> float:
+    def train_round(self, round_idx: int) -> float:
         t0 = time.perf_counter()
         for w in self.workers:
-            w.start_round(round_idx, lr)
+            w.start_round(round_idx)
         for w in self.workers:
             w.finish_round()
         return time.perf_counter() - t0

@@ -1,8 +1,7 @@
 """Tidy long-format metrics, flushed to parquet as the run goes.
 
 Each row is (round, node, metric, value, wall_s, virtual_s); node -1 marks whole-network values.
-``virtual_s`` is the simulated time (decaf_ray/virtual): the coordinator sets
-:attr:`MetricsLog.virtual_s` before adding a row, and every row carries the value current then.
+``virtual_s`` is the simulated time (decaf_ray/virtual) the row describes, given with each row.
 ``metrics.parquet`` is a folder of one parquet file per flush, so a crash loses at most the
 rows not yet flushed (the current round) and ``pandas.read_parquet`` reads the folder as one
 table. The column set is fixed here; ``analysis.read_runs`` is the reader.
@@ -27,17 +26,18 @@ class MetricsLog:
         self._parts = 0
         self._t0 = time.perf_counter()
         self.latest: dict[str, float] = {}  # last network-level value of each metric
-        self.virtual_s = 0.0  # simulated seconds; the coordinator advances it
 
-    def add(self, round_idx: int, node: int, metric: str, value: float) -> None:
+    def add(self, round_idx: int, node: int, metric: str, value: float, virtual_s: float) -> None:
         wall = time.perf_counter() - self._t0
-        self._rows.append((round_idx, node, metric, float(value), wall, float(self.virtual_s)))
+        self._rows.append((round_idx, node, metric, float(value), wall, float(virtual_s)))
         if node == NETWORK:
             self.latest[metric] = float(value)
 
-    def add_nodes(self, round_idx: int, metric: str, values: dict[int, float]) -> None:
+    def add_nodes(
+        self, round_idx: int, metric: str, values: dict[int, float], virtual_s: float
+    ) -> None:
         for node, value in sorted(values.items()):
-            self.add(round_idx, node, metric, value)
+            self.add(round_idx, node, metric, value, virtual_s)
 
     def flush(self) -> None:
         if not self._rows:

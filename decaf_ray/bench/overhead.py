@@ -2,10 +2,11 @@
 
 Side by side in one run, on the same machine:
 
-- **overhead ratio**: wall seconds of a simulated decaf round (the real engine:
-  :class:`~decaf_ray.coordinator.Simulation` on warm Ray hosts, ring, MiniLM + LoRA r = 8) over
-  the *floor*, the same local steps (same model, shards, batches, steps) in plain torch with no
-  Ray and no exchange (:mod:`decaf_ray.floor`), in the faster of its two layouts. Simulated and
+- **overhead ratio**: wall seconds of a simulated decaf round (the real engine: the
+  :class:`~decaf_ray.engine.executor.Executor` run round by round on warm Ray hosts, ring,
+  MiniLM + LoRA r = 8) over the *floor*, the same local steps (same model, shards, batches,
+  steps) in plain torch with no Ray and no exchange (:mod:`decaf_ray.bench.floor`), in the
+  faster of its two layouts. Simulated and
   floor rounds are interleaved (the order rotates each round); the first round is warm-up and
   the medians of the others are compared.
 - **memory per additional node**: the growth of the summed proportional set size (PSS) of the
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from decaf_ray.bench.options import BenchOptions
 from decaf_ray.config import RunConfig, config_from_dict
 from decaf_ray.math import tsvd_dense, tsvd_factored
 
@@ -42,26 +44,6 @@ TARGETS = {  # from issue 4, for a 2-core CPU
     "mb_per_node": 5.0,
     "tsvd_speedup": 100.0,
 }
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    nodes: tuple[int, ...] = (16, 64)
-    max_length: int = 64
-    batch_size: int = 16
-    local_steps: int = 1
-    rounds: int = 4  # per size; the first is warm-up
-    small_nodes: tuple[int, ...] = (64,)  # small-compute regime; () skips it
-    small_max_length: int = 32
-    small_batch_size: int = 4
-    tsvd_dim: int = 4096
-    tsvd_neighbours: int = 5
-    tsvd_rank: int = 8
-    tsvd_repeats: int = 7  # factored TSVD (milliseconds)
-    tsvd_dense_repeats: int = 1  # dense TSVD (a minute or two at 4096 on 2 cores)
-    num_cpus: int | None = None  # CPUs of the local Ray cluster (None: all)
-    seed: int = 0
-    out_dir: str = "runs/out"
 
 
 @dataclass(frozen=True)
@@ -190,31 +172,34 @@ def measure_round_overhead(
 
     Returns a summary (medians over rounds 2.., setup seconds, host PSS) and the per-round times.
     """
-    from decaf_ray.coordinator import Simulation, learning_rate
-    from decaf_ray.floor import floor_layouts
-    from decaf_ray.host import HostSpec, RunSpec
-    from decaf_ray.log import NETWORK, MetricsLog
+    from decaf_ray.bench.floor import floor_layouts
+    from decaf_ray.engine.cluster import start_hosts
+    from decaf_ray.engine.executor import Executor
+    from decaf_ray.engine.log import NETWORK, MetricsLog
+    from decaf_ray.node import HostSpec, RunSpec
     from decaf_ray.prepare import prepare
 
     prep = prepare(cfg)
     log = MetricsLog(run_root / cfg.name)
-    sim = Simulation(cfg, prep, pool, log)
-    spec = HostSpec(cfg.model, prep.num_labels, cfg.cluster.threads_per_host, cfg.cluster.device)
-    run = RunSpec(cfg.algorithm, cfg.train, cfg.eval.batch_size, cfg.model.same_init, cfg.seed)
-    floors = floor_layouts(spec, run, prep.shards, prep.eval_set, sim.blocks)
+    t0 = time.perf_counter()
+    hosts = start_hosts(cfg, prep, pool)
+    setup_s = time.perf_counter() - t0
+    placement = hosts.placement()
+    sim = Executor(cfg, prep, hosts, log, setup_s)
+    spec, run = HostSpec.of(cfg, prep.num_labels), RunSpec.of(cfg)
+    floors = floor_layouts(spec, run, prep.shards, prep.eval_set, hosts.blocks)
     contenders = ["sim"] + [f.name for f in floors]
     by_name = {f.name: f for f in floors}
     rows = []
     try:
         for t in range(1, rounds + 1):
-            lr = learning_rate(cfg, t)
             k = (t - 1) % len(contenders)
             for name in contenders[k:] + contenders[:k]:  # rotate who goes first
                 t0 = time.perf_counter()
                 if name == "sim":
-                    sim.run_round(t)
+                    sim.run(until_round=t)
                 else:
-                    by_name[name].train_round(t, lr)
+                    by_name[name].train_round(t)
                 wall_s = time.perf_counter() - t0
                 rows.append({"run": cfg.name, "round": t, "who": name, "wall_s": wall_s})
             last = {r["who"]: r["wall_s"] for r in rows[-len(contenders) :]}
@@ -222,7 +207,7 @@ def measure_round_overhead(
                 f"  {cfg.name} round {t}/{rounds}: "
                 + ", ".join(f"{w} {s:.2f} s" for w, s in last.items())
             )
-        host_pss = pss_bytes([int(p["pid"]) for p in sim.placement])
+        host_pss = pss_bytes([int(p["pid"]) for p in placement])
     finally:
         for f in floors:
             f.stop()
@@ -235,8 +220,8 @@ def measure_round_overhead(
     phase = net.groupby("metric")["value"].median()
     summary = {
         "n": prep.n,
-        "hosts": len(sim.blocks),
-        "setup_s": sim.setup_s,
+        "hosts": len(hosts.blocks),
+        "setup_s": setup_s,
         "sim_s": float(med["sim"]),
         "floor_s": float(med[floor_name]),
         "floor_layout": floor_name,
@@ -268,7 +253,7 @@ def _overhead_row(s: dict, setting: str, bound: float) -> Row:
 
 def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.DataFrame]:
     """Overhead, memory and phase times of the engine, on one local Ray and one host pool."""
-    from decaf_ray import cluster
+    from decaf_ray.engine import cluster
 
     t0 = time.perf_counter()
     started = cluster.connect(None, opts.num_cpus)

@@ -1,9 +1,9 @@
 """Sequential vs batched multi-node training on one host, side by side (no Ray involved).
 
-    python -m decaf_ray.bench_batched --nodes 16 64 --device cpu
-    python -m decaf_ray.bench_batched --nodes 64 --device cuda --max-rows 4096
+    python -m decaf_ray.bench.batched --nodes 16 64 --device cpu
+    python -m decaf_ray.bench.batched --nodes 64 --device cuda --max-rows 4096
 
-For each node count it builds one host (the real :class:`~decaf_ray.host.Host`), then
+For each node count it builds one host (the real :class:`~decaf_ray.node.Host`), then
 alternates rounds of the sequential path and the batched path over the same nodes and prints
 the median seconds per round of each and their ratio, plus the peak memory of the batched path.
 """
@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from decaf_ray.config import RunConfig, load_config
-from decaf_ray.host import Host, HostSpec, RunSpec
+from decaf_ray.node import Host, HostSpec, RunSpec
 from decaf_ray.prepare import prepare
 
 
@@ -49,7 +49,7 @@ def bench(args: argparse.Namespace, n: int) -> dict[str, float]:
     cfg = _config(args, n)
     prep = prepare(cfg)
     host = Host(HostSpec(cfg.model, prep.num_labels, threads=args.threads, device=args.device))
-    run = RunSpec(cfg.algorithm, cfg.train, cfg.eval.batch_size, cfg.model.same_init, cfg.seed)
+    run = RunSpec.of(cfg)
     host.setup(run, prep.shards, prep.eval_set)
     modes = {
         "off": replace(cfg.train, batched_nodes="off"),
@@ -65,7 +65,7 @@ def bench(args: argparse.Namespace, n: int) -> dict[str, float]:
                 torch.cuda.reset_peak_memory_stats()
             _sync(host.device)
             t0 = time.perf_counter()
-            host.train(t, lr=1e-3)
+            host.train(t)
             _sync(host.device)
             if t:
                 times[mode].append(time.perf_counter() - t0)

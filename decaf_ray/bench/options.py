@@ -1,0 +1,29 @@
+"""The options of ``decaf-ray bench``, apart from the benchmark itself.
+
+The command line builds its parser from these defaults, so ``decaf-ray --help`` reads them
+without importing torch, pandas or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    nodes: tuple[int, ...] = (16, 64)
+    max_length: int = 64
+    batch_size: int = 16
+    local_steps: int = 1
+    rounds: int = 4  # per size; the first is warm-up
+    small_nodes: tuple[int, ...] = (64,)  # small-compute regime; () skips it
+    small_max_length: int = 32
+    small_batch_size: int = 4
+    tsvd_dim: int = 4096
+    tsvd_neighbours: int = 5
+    tsvd_rank: int = 8
+    tsvd_repeats: int = 7  # factored TSVD (milliseconds)
+    tsvd_dense_repeats: int = 1  # dense TSVD (a minute or two at 4096 on 2 cores)
+    num_cpus: int | None = None  # CPUs of the local Ray cluster (None: all)
+    seed: int = 0
+    out_dir: str = "runs/out"

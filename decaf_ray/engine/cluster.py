@@ -1,0 +1,149 @@
+"""The one module that speaks Ray: start or join a cluster, make hosts into actors, call them.
+
+- :func:`connect` starts a local Ray (or joins a cluster at an address).
+- :class:`RayStore` is the object store as a host sees it: a host puts its nodes' adapters
+  (numpy: zero-copy) as one object per call, and fetches its inbox straight from the store.
+- :class:`RayHostGroup` is the :class:`~decaf_ray.engine.hosts.HostGroup` over actors of
+  :class:`~decaf_ray.node.service.HostService`: every ``.remote`` call of the project is here.
+- :class:`HostPool` keeps hosts (and their loaded base model) warm across runs of a sweep and
+  across tests; hosts are spread over the cluster's machines and pinned to GPUs when any exist.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from decaf_ray.algorithms import Adapter
+from decaf_ray.config import RunConfig
+from decaf_ray.engine.hosts import HostGroup, plan_hosts
+from decaf_ray.node import HostService, HostSpec, Part, RunSpec
+from decaf_ray.prepare import Prepared
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Make sure Ray is up; return True when this call started it (and should stop it)."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for local runs
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def get_parts(parts: Sequence[Part]) -> list[Any]:
+    """The values ``parts`` name, fetching each distinct object once."""
+    refs = list(dict.fromkeys(p.ref for p in parts))
+    objects = dict(zip(refs, ray.get(refs)))
+    return [objects[p.ref] if p.key is None else objects[p.ref][p.key] for p in parts]
+
+
+class RayStore:
+    """Ray's object store, for a host: one ``ray.put`` per call, one fetch per object."""
+
+    def put_parts(self, values: dict[int, Any]) -> dict[int, Part]:
+        ref = ray.put(values)
+        return {key: Part(ref, key) for key in values}
+
+    def get_parts(self, parts: list[Part]) -> list[Any]:
+        return get_parts(parts)
+
+    def where(self) -> dict[str, Any]:
+        return {
+            "ray_node": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+
+HostActor = ray.remote(HostService)
+
+
+class RayHostGroup(HostGroup):
+    """Host actors; calls are actor tasks, answers are awaited with ``ray.wait``."""
+
+    errors = (ray.exceptions.RayError,)
+
+    def __init__(self, handles: list[Any], blocks: list[list[int]]) -> None:
+        super().__init__(blocks)
+        self.handles = handles
+
+    def _call(self, host: int, method: str, *args: Any) -> Any:
+        return getattr(self.handles[host], method).remote(*args)
+
+    def _ready(self, handles: list[Any]) -> list[Any]:
+        done, rest = ray.wait(handles, num_returns=1)
+        if rest:  # take every other call that is finished too: fewer trips round the loop
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
+        return done
+
+    def _get(self, handle: Any) -> Any:
+        return ray.get(handle)
+
+    def _share(self, value: Any) -> Any:
+        return ray.put(value)  # a top-level ObjectRef argument reaches the host as its value
+
+    def fetch(self, parts: Sequence[Part]) -> list[Adapter]:
+        return get_parts(parts)
+
+    def put(self, value: Any) -> Part:
+        return Part(ray.put(value))
+
+
+def start_hosts(cfg: RunConfig, prep: Prepared, pool: HostPool) -> RayHostGroup:
+    """Warm (or start) the hosts ``cfg`` needs and set them up with ``prep``'s nodes."""
+    blocks = plan_hosts(cfg, prep.n, cluster_cpus())
+    spec = HostSpec.of(cfg, prep.num_labels)
+    group = RayHostGroup(pool.get(spec, len(blocks), cfg.cluster.gpus_per_host), blocks)
+    group.setup(RunSpec.of(cfg), prep.shards, prep.eval_set)
+    return group
+
+
+class HostPool:
+    """Warm host actors, keyed by their spec; asks for more only when a run needs them."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[tuple, list[Any]] = {}
+
+    def get(self, spec: HostSpec, count: int, gpus_per_host: float | None = None) -> list[Any]:
+        cpus = min(float(spec.threads), max(cluster_cpus() / count, 0.01))
+        gpus = gpus_per_host
+        if gpus is None:
+            total = cluster_gpus() if spec.device != "cpu" else 0.0
+            gpus = min(1.0, total / count) if total else 0.0
+        key = (spec, round(cpus, 4), gpus)
+        if key not in self._hosts:
+            self.clear()  # runs are sequential: free the CPUs/GPUs of hosts of another shape
+        hosts = self._hosts.setdefault(key, [])
+        while len(hosts) < count:
+            options: dict[str, Any] = {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}
+            if gpus:
+                options["num_gpus"] = gpus
+            hosts.append(HostActor.options(**options).remote(spec, RayStore()))
+        return hosts[:count]
+
+    def clear(self) -> None:
+        for hosts in self._hosts.values():
+            for h in hosts:
+                ray.kill(h)
+        self._hosts = {}

@@ -1,0 +1,476 @@
+"""The one executor of a plan, for every schedule mode.
+
+The plan (:mod:`decaf_ray.virtual`) fixes, before anything runs, each node's operations and
+their inputs: [rejoin from named neighbour states], train round t, combine round t with named
+messages (sender, sender's round, weight). The executor runs them on a
+:class:`~decaf_ray.engine.hosts.HostGroup`: an operation is submitted as soon as its inputs
+exist, calls are batched per host and round, and the driver reacts to completions. A node's
+operations reach its host in plan order (Ray keeps the order of calls from one caller). Two
+submission policies share everything else:
+
+- **barrier** (``sync``, ``deadline``): nothing of round t + 1 is submitted before round t is
+  logged and evaluated, and a round's combines wait until all of its local training is back,
+  so the phases of a round run in lock-step; ``train_s``, ``exchange_s``, ``combine_s``,
+  ``metrics_s`` and ``eval_s`` are wall seconds of those phases (``exchange_s``: the slowest
+  host's fetch of its inbox).
+- **dataflow** (``async``, ``bounded``): no barrier; a slow host holds back only the nodes
+  whose inboxes name its messages. Rounds overlap, so the phase times are sums of the hosts'
+  busy seconds for that round's calls, and ``round_wall_s`` is the time between two rounds
+  being logged.
+
+Results never depend on wall-clock timing. Network rows of round t describe the states
+{X_i(t)}, each node's after its own round t (a node absent in round t: its latest state), and
+are logged once every node is past round t, at virtual time max_i combine_s(i, t). fedavg's
+server averages on the driver once every message of the round is in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from decaf_ray.algorithms import make_algorithm
+from decaf_ray.config import RunConfig
+from decaf_ray.engine.hosts import HostGroup, Ticket
+from decaf_ray.engine.log import NETWORK, MetricsLog
+from decaf_ray.engine.network import average_drift, consensus_metrics, network_average
+from decaf_ray.node import Combined, Evaluation, Part, Published, Reply
+from decaf_ray.prepare import Prepared
+from decaf_ray.virtual import Step, build_world, make_plan
+
+BARRIER_MODES = ("sync", "deadline")
+
+
+@dataclass(frozen=True)
+class _Op:
+    kind: str  # "rejoin" | "train" | "combine"
+    step: Step
+
+
+@dataclass
+class _Round:
+    """What the executor knows of one round while it runs (wall times from perf_counter)."""
+
+    steps: int  # node-rounds in the plan
+    trained: int = 0  # of which local training is back
+    finished: int = 0  # of which the final state is known
+    losses: list[float] = field(default_factory=list)
+    accuracies: dict[int, float] = field(default_factory=dict)
+    busy: Counter = field(default_factory=Counter)  # phase -> summed host seconds
+    fetch_max_s: float = 0.0
+    started_at: float | None = None
+    trained_at: float | None = None
+    combined_at: float | None = None
+    logged_at: float | None = None
+    metrics_s: float = 0.0
+    eval_started_at: float | None = None
+    evals_pending: int = 0
+
+
+class Executor:
+    """Runs one config's plan on a set-up host group, logging as it goes."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        prep: Prepared,
+        hosts: HostGroup,
+        log: MetricsLog,
+        setup_s: float = float("nan"),
+    ) -> None:
+        self.cfg, self.prep, self.hosts, self.log = cfg, prep, hosts, log
+        self.setup_s = setup_s
+        self.n = prep.n
+        self.algorithm = make_algorithm(cfg.algorithm)
+        self.barrier = cfg.schedule.mode in BARRIER_MODES
+        self.sizes = np.array([len(prep.shards[i]) for i in range(self.n)])
+        self.world = build_world(cfg, prep.Pi)
+        self.message_bytes = hosts.message_bytes()
+        self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
+        talks = self.algorithm.communicates
+        server = self.algorithm.uses_server
+
+        self._ops: dict[int, deque[_Op]] = {i: deque() for i in range(self.n)}
+        self._round_steps: dict[int, list[Step]] = defaultdict(list)
+        # pending readers of each stored value: ("message"|"state", node, round), ("server", t)
+        self._readers: Counter = Counter()
+        for (i, t), st in sorted(self.plan.steps.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            self._round_steps[t].append(st)
+            if st.rejoin and talks:
+                self._ops[i].append(_Op("rejoin", st))
+                self._readers.update(("state", rc.sender, rc.sender_round) for rc in st.rejoin)
+            self._ops[i].append(_Op("train", st))
+            if talks:
+                self._ops[i].append(_Op("combine", st))
+                if server:
+                    self._readers[("server", t)] += 1
+                else:
+                    self._readers.update(("message", rc.sender, rc.sender_round) for rc in st.inbox)
+        self._rounds = {
+            t: _Round(len(self._round_steps[t])) for t in range(1, self.plan.last_round + 1)
+        }
+        # stored values, by (node, round); round 0 of _final is the initial state
+        self._final: dict[tuple[int, int], Part] = {
+            (i, 0): part for i, part in hosts.states().items()
+        }
+        self._final_rounds = {i: deque([0]) for i in range(self.n)}  # rounds held in _final
+        self._retired: set[tuple[int, int]] = set()  # superseded, kept for a pending rejoin
+        self._trained: dict[tuple[int, int], Part] = {}  # state after local steps
+        self._messages: dict[tuple[int, int], Part] = {}
+        self._server: dict[int, Part] = {}
+        self._inflight: dict[Ticket, tuple[str, int]] = {}
+        self._logged = self._closed = 0  # last round logged / logged and evaluated
+        self._last_logged_at = time.perf_counter()
+        self._setup_logged = False
+
+    def held(self) -> dict[str, list[tuple[int, int]]]:
+        """(node, round) keys of the values the executor still references, by kind: what
+        keeps objects alive in the store (states, trained states, messages)."""
+        return {
+            "states": sorted(self._final),
+            "trained": sorted(self._trained),
+            "messages": sorted(self._messages),
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, until_round: int | None = None) -> None:
+        """Run the plan (or up to and including ``until_round``; call again to go on)."""
+        last = self.plan.last_round
+        if until_round is not None:
+            last = min(until_round, last)
+        if not self._setup_logged:
+            self._log_setup()
+        bar = tqdm(
+            total=last,
+            initial=self._closed,
+            desc=self.cfg.name,
+            unit="round",
+            disable=not self.cfg.output.progress,
+        )
+        while self._closed < last:
+            while self._submit_ready(last):
+                pass
+            if self._advance(last, bar):
+                continue
+            if not self._inflight:
+                raise RuntimeError(
+                    f"the plan of {self.cfg.name!r} is stuck before round {self._closed + 1}: "
+                    "no operation can start (please report this with the config)"
+                )
+            for ticket in self.hosts.wait(list(self._inflight)):
+                self._complete(ticket, *self._inflight.pop(ticket))
+            self._advance(last, bar)
+        bar.close()
+        self.log.flush()
+
+    def _advance(self, last: int, bar: tqdm) -> bool:
+        """Log every round that is complete, close every logged round whose evaluations are
+        back; True if anything moved."""
+        moved = False
+        while self._logged < last and self._complete_round(self._logged + 1):
+            self._logged += 1
+            self._log_round(self._logged)
+            moved = True
+        while self._closed < self._logged and not self._rounds[self._closed + 1].evals_pending:
+            self._closed += 1
+            self._close_round(self._closed)
+            bar.update(1)
+            bar.set_postfix(self._progress())
+            moved = True
+        return moved
+
+    def _complete_round(self, t: int) -> bool:
+        r = self._rounds[t]
+        return r.finished == r.steps
+
+    # ------------------------------------------------------------------ submission
+
+    def _submit_ready(self, last: int) -> bool:
+        """Submit every operation whose inputs exist; True if any was submitted."""
+        gate = min(last, self._closed + 1) if self.barrier else last
+        rejoins: dict[tuple[int, int], dict] = defaultdict(dict)  # (host, round) -> inboxes
+        trains: dict[tuple[int, int], list[int]] = defaultdict(list)
+        combines: dict[tuple[int, int], dict] = defaultdict(dict)
+        for i, ops in self._ops.items():
+            while ops and ops[0].step.round_idx <= gate:
+                op = ops[0]
+                key = (self.hosts.host_of[i], op.step.round_idx)
+                if op.kind == "train":
+                    trains[key].append(i)
+                    ops.popleft()
+                    break  # its combine needs messages that do not exist yet
+                inbox = self._inbox(op)
+                if inbox is None:
+                    break
+                (rejoins if op.kind == "rejoin" else combines)[key][i] = inbox
+                ops.popleft()
+                if op.kind == "combine":
+                    break
+        sleep = self.cfg.schedule.debug_sleep_s
+        for (k, t), inboxes in sorted(rejoins.items()):
+            self._launch(self.hosts.rejoin(k, t, inboxes), "rejoin", t)
+        for (k, t), ids in sorted(trains.items()):
+            pause = sum(float(sleep.get(i, 0.0)) for i in ids)
+            self._launch(self.hosts.train(k, t, ids, pause), "train", t)
+        for (k, t), inboxes in sorted(combines.items()):
+            self._launch(self.hosts.combine(k, t, inboxes), "combine", t)
+        return bool(rejoins or trains or combines)
+
+    def _launch(self, ticket: Ticket, kind: str, t: int) -> None:
+        r = self._rounds[t]
+        if r.started_at is None:
+            r.started_at = time.perf_counter()
+        self._inflight[ticket] = (kind, t)
+
+    def _inbox(self, op: _Op) -> list[tuple[float, Part]] | None:
+        """(weight, part) of every input of a rejoin or combine, or None if one is missing.
+
+        A rejoin reads neighbours' states (their latest combined state, see the plan); a
+        combine reads messages, or fedavg's server average. Once an input is handed to a call,
+        its reader count drops; at zero the executor forgets the value (the call holds it).
+        """
+        st = op.step
+        t = st.round_idx
+        if op.kind == "rejoin":
+            keys = [("state", rc.sender, rc.sender_round) for rc in st.rejoin]
+            parts = [self._final.get((j, r)) for _, j, r in keys]
+            weights = [rc.weight for rc in st.rejoin]
+        elif self.barrier and self._rounds[t].trained < self._rounds[t].steps:
+            return None  # lock-step phases: combine once the whole round has trained
+        elif self.algorithm.uses_server:
+            keys, parts, weights = [("server", t)], [self._server.get(t)], [1.0]
+        else:
+            keys = [("message", rc.sender, rc.sender_round) for rc in st.inbox]
+            parts = [self._messages.get((j, r)) for _, j, r in keys]
+            weights = [rc.weight for rc in st.inbox]
+        if any(p is None for p in parts):
+            return None
+        for key in keys:
+            self._readers[key] -= 1
+            if self._readers[key] == 0:
+                self._forget_value(key)
+        return list(zip(weights, parts))
+
+    def _forget_value(self, key: tuple) -> None:
+        if key[0] == "message":
+            del self._messages[key[1:]]
+        elif key[0] == "server":
+            del self._server[key[1]]
+        elif key[1:] in self._retired:
+            self._retired.discard(key[1:])
+            del self._final[key[1:]]
+
+    # ------------------------------------------------------------------ completions
+
+    def _complete(self, ticket: Ticket, kind: str, t: int) -> None:
+        reply = self.hosts.result(ticket)
+        r = self._rounds[t]
+        if kind == "train":
+            self._on_trained(t, reply)
+            r.busy["train"] += reply.busy_s
+        elif kind in ("combine", "rejoin"):
+            r.busy["fetch"] += reply.fetch_s
+            r.busy["combine"] += reply.busy_s - reply.fetch_s
+            r.fetch_max_s = max(r.fetch_max_s, reply.fetch_s)
+            if kind == "combine":
+                self._on_combined(t, reply)
+        else:
+            self._on_evaluated(t, reply)
+            r.busy["eval"] += reply.busy_s
+            r.evals_pending -= 1
+
+    def _on_trained(self, t: int, reply: Reply[Published]) -> None:
+        r, log = self._rounds[t], self.log
+        talks, server = self.algorithm.communicates, self.algorithm.uses_server
+        for i, pub in reply.nodes.items():
+            st = self.plan.steps[(i, t)]
+            self._trained[(i, t)] = pub.state
+            if server or self._readers[("message", i, t)] > 0:
+                self._messages[(i, t)] = pub.message
+            sent = 0.0 if not talks else pub.message_bytes * (1 if server else st.sent)
+            log.add(t, i, "train_loss", pub.loss, st.trained_s)
+            log.add(t, i, "node_train_s", pub.train_s, st.trained_s)
+            log.add(t, i, "bytes_sent", float(sent), st.trained_s)
+            r.losses.append(pub.loss)
+            r.trained += 1
+            if not talks:
+                self._finish(st, pub.state)
+        if r.trained == r.steps:
+            r.trained_at = time.perf_counter()
+            if server and talks:
+                self._server_step(t)
+        if r.finished == r.steps:
+            r.combined_at = r.trained_at
+
+    def _server_step(self, t: int) -> None:
+        """fedavg: the server averages the round's messages, weighted by shard size."""
+        ids = [st.node for st in self._round_steps[t]]
+        messages = self.hosts.fetch([self._messages.pop((i, t)) for i in ids])
+        sizes = self.sizes[ids]
+        self._server[t] = self.hosts.put(self.algorithm.aggregate(messages, sizes))
+        interference = self.algorithm.server_interference(messages, sizes)
+        self.log.add(t, NETWORK, "interference", interference, self.plan.round_end_s(t))
+
+    def _on_combined(self, t: int, reply: Reply[Combined]) -> None:
+        for i, c in reply.nodes.items():
+            st = self.plan.steps[(i, t)]
+            for key, value in c.stats.items():
+                self.log.add(t, i, key, value, st.combine_s)
+            self._finish(st, c.state)
+        r = self._rounds[t]
+        if r.finished == r.steps:
+            r.combined_at = time.perf_counter()
+
+    def _finish(self, st: Step, state: Part) -> None:
+        """Node st.node's round st.round_idx is done: its final state is ``state``."""
+        i, t = st.node, st.round_idx
+        self._final[(i, t)] = state
+        self._final_rounds[i].append(t)  # a node's operations complete in plan order
+        self._rounds[t].finished += 1
+        self._log_step(st)
+
+    def _on_evaluated(self, t: int, reply: Reply[Evaluation]) -> None:
+        r, log, when = self._rounds[t], self.log, self.plan.round_end_s(t)
+        for i, ev in reply.nodes.items():
+            log.add(t, i, "eval_loss", ev.loss, when)
+            log.add(t, i, "eval_acc", ev.accuracy, when)
+            if i != NETWORK:
+                r.accuracies[i] = ev.accuracy
+        if reply.nodes and NETWORK not in reply.nodes and len(r.accuracies) == self.n:
+            log.add(t, NETWORK, "mean_node_acc", float(np.mean(list(r.accuracies.values()))), when)
+
+    # ------------------------------------------------------------------ rounds
+
+    def _state_at(self, i: int, t: int) -> Part:
+        """Node i's state after its latest round <= t (round 0: its initial state)."""
+        for r in reversed(self._final_rounds[i]):
+            if r <= t:
+                return self._final[(i, r)]
+        raise KeyError(f"node {i} holds no state of round {t} or before")
+
+    def _log_round(self, t: int) -> None:
+        """Network rows of round t; its evaluations are submitted (they come back later)."""
+        r, log, n = self._rounds[t], self.log, self.n
+        when = self.plan.round_end_s(t)
+        last = t == self.plan.last_round
+        measure = t % self.cfg.eval.metrics_every == 0 or last
+        evaluate = t % self.cfg.eval.every == 0 or last
+        t0 = time.perf_counter()
+        after_parts = [self._state_at(i, t) for i in range(n)]
+        after = None
+        if measure:
+            before_parts = [self._trained.get((i, t), after_parts[i]) for i in range(n)]
+            both = self.hosts.fetch(before_parts + after_parts)  # each object fetched once
+            before, after = both[:n], both[n:]
+            for key, value in consensus_metrics(after).items():
+                log.add(t, NETWORK, key, value, when)
+            for key, value in average_drift(before, after).items():
+                log.add(t, NETWORK, key, value, when)
+        log.add(t, NETWORK, "virtual_s", when, when)
+        if r.losses:
+            log.add(t, NETWORK, "train_loss", float(np.mean(r.losses)), when)
+        if evaluate and self.cfg.eval.network_average and after is None:
+            after = self.hosts.fetch(after_parts)
+        r.metrics_s = time.perf_counter() - t0
+        r.logged_at = time.perf_counter()
+        if evaluate:
+            r.eval_started_at = r.logged_at
+            for k, block in enumerate(self.hosts.blocks):
+                states = {i: after_parts[i] for i in block}
+                self._inflight[self.hosts.evaluate(k, t, states)] = ("eval", t)
+                r.evals_pending += 1
+            if self.cfg.eval.network_average:
+                ticket = self.hosts.evaluate_adapter(t, network_average(after))
+                self._inflight[ticket] = ("eval", t)
+                r.evals_pending += 1
+        self._forget_round(t)
+
+    def _forget_round(self, t: int) -> None:
+        """After round t's rows: drop the values no later operation or row can need (round t's
+        trained states, and every state older than its node's latest one up to round t unless
+        a rejoin still has to read it). A host puts the states of one call as one object,
+        alive while any of its parts is referenced, so the store holds about n states times
+        the spread in rounds between the slowest and fastest node, however long the run."""
+        for i, rounds in self._final_rounds.items():
+            self._trained.pop((i, t), None)
+            while len(rounds) >= 2 and rounds[1] <= t:
+                key = (i, rounds.popleft())
+                if self._readers[("state", *key)] > 0:
+                    self._retired.add(key)
+                else:
+                    del self._final[key]
+
+    def _close_round(self, t: int) -> None:
+        """Round t is logged and evaluated: its phase times, then flush."""
+        r, now, when = self._rounds[t], time.perf_counter(), self.plan.round_end_s(t)
+        if self.barrier:
+            started = r.started_at if r.started_at is not None else r.logged_at
+            trained = r.trained_at if r.trained_at is not None else started
+            combined = r.combined_at if r.combined_at is not None else trained
+            phases = {
+                "train_s": trained - started,
+                "exchange_s": r.fetch_max_s,
+                "combine_s": max(0.0, combined - trained - r.fetch_max_s),
+                "metrics_s": r.metrics_s,
+                "eval_s": now - r.eval_started_at if r.eval_started_at is not None else 0.0,
+                "round_wall_s": now - started,
+            }
+        else:
+            phases = {
+                "train_s": r.busy["train"],
+                "exchange_s": r.busy["fetch"],
+                "combine_s": r.busy["combine"],
+                "metrics_s": r.metrics_s,
+                "eval_s": r.busy["eval"],
+                "round_wall_s": r.logged_at - self._last_logged_at,
+            }
+            self._last_logged_at = r.logged_at
+        for key, value in phases.items():
+            self.log.add(t, NETWORK, key, value, when)
+        self.log.flush()
+        del self._rounds[t]
+
+    # ------------------------------------------------------------------ rows
+
+    def _log_step(self, st: Step) -> None:
+        """Per-node virtual-clock facts of one node-round: idle time, drops, staleness."""
+        log, t, i, when = self.log, st.round_idx, st.node, st.combine_s
+        others = [rc for rc in st.inbox if rc.sender != i]
+        log.add(t, i, "idle_s", st.idle_s, when)
+        log.add(t, i, "dropped", st.dropped, when)
+        log.add(t, i, "max_lag_rounds", st.max_lag_rounds, when)
+        log.add(t, i, "received", len(others), when)
+        if others:
+            rounds = [t - rc.sender_round for rc in others]
+            seconds = [st.combine_s - rc.sent_s for rc in others]
+            log.add(t, i, "staleness_rounds", float(np.mean(rounds)), when)
+            log.add(t, i, "staleness_s", float(np.mean(seconds)), when)
+
+    def _log_setup(self) -> None:
+        """Round-0 facts: spectral gap, set-up time, label histograms."""
+        log = self.log
+        log.add(0, NETWORK, "spectral_gap", self.prep.spectral_gap, 0.0)
+        log.add(0, NETWORK, "setup_s", self.setup_s, 0.0)
+        for c, name in enumerate(self.prep.class_names):
+            counts = {i: float(self.prep.histogram[i, c]) for i in range(self.n)}
+            log.add_nodes(0, f"label_count:{name}", counts, 0.0)
+        log.flush()
+        self._setup_logged = True
+
+    def _progress(self) -> dict[str, str]:
+        latest = self.log.latest
+        post = {
+            "cons": f"{latest.get('product_consensus', float('nan')):.2e}",
+            "loss": f"{latest.get('train_loss', float('nan')):.3f}",
+        }
+        if "mean_node_acc" in latest:
+            post["acc"] = f"{latest['mean_node_acc']:.3f}"
+        return post
+
+
+__all__ = ["BARRIER_MODES", "Executor"]

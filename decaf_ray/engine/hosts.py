@@ -1,0 +1,182 @@
+"""The driver's view of its hosts: a :class:`HostGroup` of calls that return :class:`Ticket` s.
+
+The executor never touches Ray. It asks a host group to train these nodes for round t,
+combine these inboxes, evaluate these states, and to wait until any call is done; each answer
+is a typed :class:`~decaf_ray.node.service.Reply`. Two groups implement the calls: Ray actors
+(:class:`decaf_ray.engine.cluster.RayHostGroup`, the default) and plain objects in this process
+(:class:`decaf_ray.engine.local.LocalHostGroup`, for fast tests of the executor). Both share
+everything here; they differ only in how a call is made, awaited and read.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from decaf_ray.algorithms import Adapter
+from decaf_ray.config import RunConfig
+from decaf_ray.data import Shard
+from decaf_ray.node import Combined, Evaluation, Inboxes, Part, Published, Reply, RunSpec
+
+
+class HostError(RuntimeError):
+    """A host failed; the message names what it was doing, the round and the host's nodes."""
+
+
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """A call in flight: what the group waits on, and what to name if it fails."""
+
+    handle: Any  # the backend's future (a Ray ObjectRef, or a finished local call)
+    what: str  # "local training", "combine", ...
+    round_idx: int
+    nodes: tuple[int, ...]
+
+
+def assign_nodes(n: int, n_hosts: int) -> list[list[int]]:
+    """Contiguous, near-equal blocks of node ids, one per host."""
+    return [list(map(int, b)) for b in np.array_split(np.arange(n), n_hosts) if len(b)]
+
+
+def plan_hosts(cfg: RunConfig, n: int, cpus: float) -> list[list[int]]:
+    """Nodes per host: ``nodes_per_actor`` if set, else one host per CPU slot of ``cpus``."""
+    per = cfg.cluster.nodes_per_actor
+    if per is None:
+        slots = max(1, int(cpus // cfg.cluster.threads_per_host))
+        per = math.ceil(n / slots)
+    return assign_nodes(n, math.ceil(n / per))
+
+
+class HostGroup(ABC):
+    """Hosts ``0..len(blocks)-1``; host k carries the nodes ``blocks[k]``."""
+
+    errors: tuple[type[BaseException], ...] = (Exception,)  # what a failed call raises
+
+    def __init__(self, blocks: list[list[int]]) -> None:
+        self.blocks = blocks
+        self.host_of = {i: k for k, block in enumerate(blocks) for i in block}
+
+    # ---------------------------------------------------------------- the backend's three verbs
+
+    @abstractmethod
+    def _call(self, host: int, method: str, *args: Any) -> Any:
+        """Start ``HostService.<method>(*args)`` on host ``host``; return its future."""
+
+    @abstractmethod
+    def _ready(self, handles: list[Any]) -> list[Any]:
+        """Block until at least one of ``handles`` is done; return those done."""
+
+    @abstractmethod
+    def _get(self, handle: Any) -> Any:
+        """The value of a finished call (raising what the call raised)."""
+
+    @abstractmethod
+    def _share(self, value: Any) -> Any:
+        """``value`` as an argument that many calls can take without copying it each time."""
+
+    @abstractmethod
+    def fetch(self, parts: Sequence[Part]) -> list[Adapter]:
+        """The adapters ``parts`` name, on the driver."""
+
+    @abstractmethod
+    def put(self, value: Any) -> Part:
+        """Store ``value`` (e.g. fedavg's server average); the Part naming it whole."""
+
+    # ---------------------------------------------------------------- calls
+
+    def _ticket(self, what: str, round_idx: int, nodes: Sequence[int], handle: Any) -> Ticket:
+        return Ticket(handle, what, round_idx, tuple(nodes))
+
+    def train(self, host: int, round_idx: int, nodes: list[int], sleep_s: float = 0.0) -> Ticket:
+        """Local steps of round ``round_idx`` for ``nodes`` of ``host``: a Reply[Published]."""
+        handle = self._call(host, "train", round_idx, nodes, sleep_s)
+        return self._ticket("local training", round_idx, nodes, handle)
+
+    def combine(self, host: int, round_idx: int, inboxes: Inboxes) -> Ticket:
+        """Each node combines its inbox of neighbours' messages: a Reply[Combined]."""
+        handle = self._call(host, "combine", inboxes)
+        return self._ticket("combine", round_idx, list(inboxes), handle)
+
+    def rejoin(self, host: int, round_idx: int, inboxes: Inboxes) -> Ticket:
+        """Each node starts over from its inbox of neighbours' states: a Reply[Combined]."""
+        handle = self._call(host, "rejoin", inboxes)
+        return self._ticket("rejoin", round_idx, list(inboxes), handle)
+
+    def evaluate(self, host: int, round_idx: int, states: dict[int, Part]) -> Ticket:
+        """Held-out evaluation of the given states of ``host``'s nodes: a Reply[Evaluation]."""
+        handle = self._call(host, "evaluate", states)
+        return self._ticket("evaluation", round_idx, list(states), handle)
+
+    def evaluate_adapter(self, round_idx: int, adapter: Adapter) -> Ticket:
+        """Held-out evaluation of one model given whole (on host 0): an Evaluation."""
+        handle = self._call(0, "evaluate_adapter", adapter)
+        return self._ticket("evaluation of the network average", round_idx, (), handle)
+
+    def wait(self, tickets: Sequence[Ticket]) -> list[Ticket]:
+        """Block until at least one of ``tickets`` is done; return every one that is."""
+        by_handle = {t.handle: t for t in tickets}
+        return [by_handle[h] for h in self._ready([t.handle for t in tickets])]
+
+    def result(self, ticket: Ticket) -> Any:
+        """The reply of a finished call; a failure becomes one :class:`HostError`."""
+        try:
+            return self._get(ticket.handle)
+        except self.errors as exc:
+            where = f" on the host of nodes {list(ticket.nodes)}" if ticket.nodes else ""
+            raise HostError(
+                f"{ticket.what} failed in round {ticket.round_idx}{where}: {exc}"
+            ) from exc
+
+    def gather(self, tickets: Sequence[Ticket]) -> list[Any]:
+        return [self.result(t) for t in tickets]
+
+    # ---------------------------------------------------------------- set-up
+
+    def _on_every_host(self, what: str, method: str, args=lambda block: ()) -> list[Any]:
+        """Call ``method`` on every host (``args(block)`` for its arguments); the replies."""
+        return self.gather(
+            [
+                self._ticket(what, 0, block, self._call(k, method, *args(block)))
+                for k, block in enumerate(self.blocks)
+            ]
+        )
+
+    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> None:
+        """Give every host its nodes' shards and the held-out set (fresh nodes)."""
+        shared = self._share(eval_set)
+        self._on_every_host(
+            "host set-up", "setup", lambda block: (run, {i: shards[i] for i in block}, shared)
+        )
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each host runs, with its nodes (for placement.json)."""
+        where = self._on_every_host("placement", "where")
+        return [{"nodes": block, **w} for block, w in zip(self.blocks, where)]
+
+    def message_bytes(self) -> int:
+        """Size of one node's message (the same for every node and round of a run)."""
+        ticket = self._ticket("message size", 0, self.blocks[0], self._call(0, "message_bytes"))
+        return int(self.result(ticket))
+
+    def states(self) -> dict[int, Part]:
+        """Every node's current state (before training: its initial one)."""
+        replies = self._on_every_host("initial states", "states", lambda block: (block,))
+        return {i: part for parts in replies for i, part in parts.items()}
+
+
+__all__ = [
+    "Combined",
+    "Evaluation",
+    "HostError",
+    "HostGroup",
+    "Published",
+    "Reply",
+    "Ticket",
+    "assign_nodes",
+    "plan_hosts",
+]

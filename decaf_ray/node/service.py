@@ -1,0 +1,169 @@
+"""What a host says and hears: the typed records that cross the driver-host boundary, and the
+:class:`HostService` that answers calls in them.
+
+A host's results live in an object store; a :class:`Part` names one node's entry of one stored
+object. The store is a small :class:`Store` protocol with two implementations: Ray's object
+store (:mod:`decaf_ray.engine.cluster`, the default) and a dictionary in this process
+(:mod:`decaf_ray.engine.local`, for fast tests). :class:`HostService` wraps a
+:class:`~decaf_ray.node.host.Host` and a store; it is the class that becomes a Ray actor.
+Every call returns a frozen :class:`Reply` whose ``nodes`` hold one record per node.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from decaf_ray.algorithms import Adapter
+from decaf_ray.data import Shard
+from decaf_ray.node.host import Host, HostSpec, RunSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entry of an object in the store: ``store[ref][key]`` (``key`` None: the object).
+
+    A host puts the adapters of all the nodes of one call as one object: each ``ray.put``
+    costs 0.5-3 ms here whatever its size, so one per node per phase was a visible share of
+    a round; one per host is not.
+    """
+
+    ref: Any
+    key: int | None = None
+
+
+class Store(Protocol):
+    """Where a host puts what it publishes and finds what it is sent."""
+
+    def put_parts(self, values: dict[int, Any]) -> dict[int, Part]:
+        """Put ``values`` (key -> value) as one object; a :class:`Part` for each key."""
+
+    def get_parts(self, parts: list[Part]) -> list[Any]:
+        """The values ``parts`` name, fetching each distinct object once."""
+
+    def where(self) -> dict[str, Any]:
+        """Where this process runs (machine id, accelerator ids)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """One node's round of local training, as its host published it."""
+
+    loss: float  # mean loss of the local steps
+    train_s: float  # wall seconds of the node's local steps
+    state: Part  # the node's whole trainable state after its local steps
+    message: Part  # what it sends its neighbours (``state`` unless the algorithm sends less)
+    message_bytes: int
+
+
+@dataclass(frozen=True)
+class Combined:
+    """One node's combine (or rejoin): its new state and the algorithm's statistics."""
+
+    state: Part
+    stats: dict[str, float]  # e.g. interference, tsvd_tail (logged as metrics of the node)
+    combine_s: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's held-out loss and accuracy."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Reply(Generic[T]):
+    """A host's answer to one call: a record per node, and where its time went."""
+
+    nodes: dict[int, T]
+    busy_s: float  # wall seconds the host spent on the call
+    fetch_s: float = 0.0  # of which: fetching the call's inputs from the store
+
+
+Inboxes = dict[int, list[tuple[float, Part]]]  # node -> [(weight, part)], the node's own included
+
+
+class HostService:
+    """A :class:`Host` that speaks in :class:`Part` references and typed replies."""
+
+    def __init__(self, spec: HostSpec, store: Store) -> None:
+        self.host = Host(spec)
+        self.store = store
+
+    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
+        return self.host.setup(run, shards, eval_set)
+
+    def where(self) -> dict[str, Any]:
+        """Which machine and device this host runs on (recorded in placement.json)."""
+        return {**self.store.where(), "device": str(self.host.device), "pid": os.getpid()}
+
+    def message_bytes(self) -> int:
+        """Size of one node's message (the same for every node and round of a run)."""
+        host = self.host
+        return host.algorithm.message(host.adapter(min(host.nodes))).nbytes
+
+    def states(self, node_ids: list[int]) -> dict[int, Part]:
+        """The nodes' current states, put as one object."""
+        return self.store.put_parts({i: self.host.adapter(i) for i in node_ids})
+
+    def train(self, round_idx: int, node_ids: list[int], sleep_s: float = 0.0) -> Reply[Published]:
+        """Local steps of round ``round_idx`` on ``node_ids``; states (and messages, when they
+        differ) put as one object each. ``sleep_s`` > 0 first sleeps for real
+        (schedule.debug_sleep_s: a genuinely slow host)."""
+        t0 = time.perf_counter()
+        if sleep_s > 0:
+            time.sleep(sleep_s)
+        results = self.host.train(round_idx, node_ids)
+        states = self.store.put_parts({i: res.adapter for i, res in results.items()})
+        same = all(res.message is res.adapter for res in results.values())
+        messages = (
+            states if same else self.store.put_parts({i: r.message for i, r in results.items()})
+        )
+        nodes = {
+            i: Published(res.loss, res.train_s, states[i], messages[i], res.message.nbytes)
+            for i, res in results.items()
+        }
+        return Reply(nodes, time.perf_counter() - t0)
+
+    def combine(self, inboxes: Inboxes) -> Reply[Combined]:
+        """Fetch the messages named in ``inboxes`` and combine each node's."""
+        return self._combine(inboxes, as_messages=False)
+
+    def rejoin(self, inboxes: Inboxes) -> Reply[Combined]:
+        """Like :meth:`combine`, but ``inboxes`` name neighbours' *states*: each is first cut
+        to the message its owner would send (dLoRA-FA sends no A), then combined."""
+        return self._combine(inboxes, as_messages=True)
+
+    def _combine(self, inboxes: Inboxes, as_messages: bool) -> Reply[Combined]:
+        t0 = time.perf_counter()
+        values = iter(self.store.get_parts([p for entries in inboxes.values() for _, p in entries]))
+        message = self.host.algorithm.message
+        fetched = {
+            i: [(w, message(v) if as_messages else v) for (w, _), v in zip(entries, values)]
+            for i, entries in inboxes.items()
+        }
+        fetch_s = time.perf_counter() - t0
+        results = self.host.combine(fetched)
+        states = self.store.put_parts({i: res.adapter for i, res in results.items()})
+        nodes = {i: Combined(states[i], res.stats, res.combine_s) for i, res in results.items()}
+        return Reply(nodes, time.perf_counter() - t0, fetch_s)
+
+    def evaluate(self, states: dict[int, Part]) -> Reply[Evaluation]:
+        """Held-out loss and accuracy of each node's model as given by its state."""
+        t0 = time.perf_counter()
+        adapters = self.store.get_parts(list(states.values()))
+        nodes = {i: Evaluation(*self.host.evaluate_adapter(a)) for i, a in zip(states, adapters)}
+        return Reply(nodes, time.perf_counter() - t0)
+
+    def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:
+        """Held-out loss and accuracy of the model given as ``adapter`` (any rank), under
+        node id -1 (the whole network, as in the metrics)."""
+        t0 = time.perf_counter()
+        evaluation = Evaluation(*self.host.evaluate_adapter(adapter))
+        return Reply({-1: evaluation}, time.perf_counter() - t0)
