@@ -116,7 +116,10 @@ def test_sweep_runs_share_one_prepared_partition_per_data_and_seed():
             ['schedule.debug_sleep_s={0: "x"}', "train.rounds=0"],
             ["schedule.debug_sleep_s[0]='x' should be of type float", "train.rounds=0"],
         ),
-        (['schedule.factors=[1.0, "fast"]'], ["schedule.factors[1]='fast' should be of type float"]),
+        (
+            ['schedule.factors=[1.0, "fast"]'],
+            ["schedule.factors[1]='fast' should be of type float"],
+        ),
         (["schedule.link_loss={0-1: high}"], ["schedule.link_loss['0-1']='high' should be"]),
         (["model.target_modules=[query, 3]"], ["model.target_modules[1]=3 should be of type str"]),
     ],
