@@ -68,6 +68,30 @@ def tiny_config(**overrides):
     return config_from_dict(data)
 
 
+def run_in_process(cfg, run_dir):
+    """Run ``cfg`` on hosts in this process (no Ray); return (executor, metrics frame)."""
+    from decaf_ray.engine.executor import Executor
+    from decaf_ray.engine.local import start_local_hosts
+    from decaf_ray.engine.log import MetricsLog
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(cfg)
+    sim = Executor(cfg, prep, start_local_hosts(cfg, prep), MetricsLog(run_dir))
+    sim.run()
+    return sim, sim.log.frame()
+
+
+@pytest.fixture
+def run_local(tmp_path):
+    """Run a tiny config in process, without Ray; return its metrics frame."""
+    counter = iter(range(1000))
+
+    def _run(**overrides):
+        return run_in_process(tiny_config(**overrides), tmp_path / f"local{next(counter)}")[1]
+
+    return _run
+
+
 @pytest.fixture
 def run_tiny(pool, tmp_path):
     """Run a tiny config on the shared pool; return its metrics frame."""

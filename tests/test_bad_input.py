@@ -66,6 +66,11 @@ def test_invalid_mixing_matrix_given_directly():
         (["--set", "algorithm.name=sgd"], "algorithm.name='sgd' is unknown"),
         (["--set", "topology.name=hypercube"], "topology.name='hypercube' is unknown"),
         (["--set", "train.lr"], "malformed --set 'train.lr'"),
+        (
+            ["--set", "schedule.graph=erdos_renyi", "--set", "topology.mixing=uniform"],
+            "schedule.graph='erdos_renyi' with topology.mixing='uniform'",
+        ),
+        (["--set", 'schedule.churn=[[1, "a", 3]]'], "schedule.churn[0][1]='a'"),
         (["--set", "data.source=file", "--set", "data.path=/no/such.csv"], "/no/such.csv"),
     ],
 )

@@ -211,6 +211,10 @@ class Executor:
                 ops.popleft()
                 if op.kind == "combine":
                     break
+        now = time.perf_counter()  # before submitting: an in-process call runs at once
+        for _, t in [*rejoins, *trains, *combines]:
+            if self._rounds[t].started_at is None:
+                self._rounds[t].started_at = now
         sleep = self.cfg.schedule.debug_sleep_s
         for (k, t), inboxes in sorted(rejoins.items()):
             self._launch(self.hosts.rejoin(k, t, inboxes), "rejoin", t)
@@ -222,9 +226,6 @@ class Executor:
         return bool(rejoins or trains or combines)
 
     def _launch(self, ticket: Ticket, kind: str, t: int) -> None:
-        r = self._rounds[t]
-        if r.started_at is None:
-            r.started_at = time.perf_counter()
         self._inflight[ticket] = (kind, t)
 
     def _inbox(self, op: _Op) -> list[tuple[float, Part]] | None:

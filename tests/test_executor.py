@@ -1,0 +1,118 @@
+"""The one executor: every mode through the same code, in process (no Ray) and on Ray."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TIMING, run_in_process, tiny_config
+from decaf_ray.engine.hosts import HostError
+from decaf_ray.engine.log import NETWORK
+
+PHASES = ("train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "round_wall_s")
+CHURN = dict(
+    schedule__churn=[[1, 2, 4], [2, 3, 4]],
+    schedule__rejoin="neighbours",
+    schedule__loss_p=0.3,
+    train__rounds=4,
+)
+
+
+def values(frame: pd.DataFrame) -> pd.Series:
+    keep = frame[~frame.metric.isin(TIMING)]
+    return keep.set_index(["round", "node", "metric"])["value"].sort_index()
+
+
+def net(frame: pd.DataFrame, metric: str) -> pd.Series:
+    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
+
+
+@pytest.mark.parametrize("mode", ["sync", "deadline", "async", "bounded"])
+def test_every_mode_logs_phase_times_for_every_round(run_local, mode):
+    frame = run_local(
+        algorithm__name="decaf", schedule__mode=mode, schedule__deadline_s=100.0, train__rounds=3
+    )
+    for phase in PHASES:
+        rows = net(frame, phase)
+        assert list(rows.index) == [1, 2, 3], phase
+        assert (rows >= 0).all() and np.isfinite(rows).all(), phase
+    assert (net(frame, "train_s") > 0).all() and (net(frame, "eval_s") > 0).all()
+
+
+@pytest.mark.parametrize("algorithm", ["dlora", "decaf", "dlora_fa"])
+def test_churn_rejoin_and_loss_give_the_same_run_in_sync_and_bounded_zero(run_local, algorithm):
+    """Same plan, same executor: sync and bounded with s = 0 agree bit for bit, counts of
+    sent bytes and drops included, under churn, rejoins from neighbours and losses."""
+    sync = run_local(algorithm__name=algorithm, **CHURN)
+    bounded = run_local(
+        algorithm__name=algorithm, schedule__mode="bounded", schedule__staleness=0, **CHURN
+    )
+    pd.testing.assert_series_equal(values(sync), values(bounded), check_exact=True)
+    dropped = sync[(sync.metric == "dropped") & (sync.node >= 0)].value
+    assert dropped.sum() > 0
+
+
+def test_rejoin_reads_neighbour_states_as_their_messages(run_local):
+    """dLoRA-FA's A is shared and frozen: a node rejoining from its neighbours' states takes
+    their B and head (what they would send), never a re-mixed A."""
+    frame = run_local(
+        algorithm__name="dlora_fa",
+        topology__name="complete",
+        **CHURN,
+    )
+    assert (net(frame, "factor_consensus_A") == 0).all()
+    assert (net(frame, "factor_consensus_B") > 0).all()
+
+
+def test_local_algorithm_ignores_rejoin_and_sends_nothing(run_local):
+    frame = run_local(algorithm__name="local", **CHURN)
+    sent = frame[(frame.metric == "bytes_sent") & (frame.node >= 0)].value
+    assert (sent == 0).all() and len(sent) == 4 * 4 - 3  # nodes away in 3 node-rounds
+
+
+def test_debug_sleep_is_honoured_in_sync(run_local):
+    t0 = time.perf_counter()
+    frame = run_local(algorithm__name="dlora", schedule__debug_sleep_s={0: 0.5}, eval__every=5)
+    assert time.perf_counter() - t0 > 1.0  # two rounds, each waits for node 0's host
+    assert (net(frame, "train_s") >= 0.5).all()
+
+
+def test_run_until_a_round_then_on_equals_one_run(tmp_path):
+    from decaf_ray.engine.executor import Executor
+    from decaf_ray.engine.local import start_local_hosts
+    from decaf_ray.engine.log import MetricsLog
+    from decaf_ray.prepare import prepare
+
+    cfg = tiny_config(algorithm__name="decaf", train__rounds=3, schedule__mode="async")
+    _, whole = run_in_process(cfg, tmp_path / "whole")
+    prep = prepare(cfg)
+    sim = Executor(cfg, prep, start_local_hosts(cfg, prep), MetricsLog(tmp_path / "steps"))
+    for t in (1, 2, 3):
+        sim.run(until_round=t)
+        assert sorted(net(sim.log.frame(), "virtual_s").index) == list(range(1, t + 1))
+    pd.testing.assert_series_equal(values(whole), values(sim.log.frame()), check_exact=True)
+
+
+def test_a_failing_host_is_named_with_its_nodes_and_round(tmp_path, monkeypatch):
+    from decaf_ray.node.service import HostService
+
+    real = HostService.train
+
+    def flaky(self, round_idx, node_ids, sleep_s=0.0):
+        if round_idx == 2 and 0 in node_ids:
+            raise RuntimeError("out of memory")
+        return real(self, round_idx, node_ids, sleep_s)
+
+    monkeypatch.setattr(HostService, "train", flaky)
+    with pytest.raises(HostError, match=r"local training failed in round 2 on the host of nodes "):
+        run_in_process(tiny_config(algorithm__name="dlora"), tmp_path / "run")
+
+
+def test_in_process_hosts_give_what_ray_hosts_give(run_tiny, run_local):
+    kw = dict(algorithm__name="decaf", schedule__mode="async", **CHURN)
+    pd.testing.assert_series_equal(
+        values(run_tiny(**kw)), values(run_local(**kw)), rtol=1e-6, atol=1e-9
+    )
