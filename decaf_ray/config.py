@@ -33,6 +33,19 @@ class AlgorithmConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """What the nodes learn (see decaf_ray/node/tasks.py)."""
+
+    name: Literal["classify", "causal_lm"] = "classify"
+    # causal_lm on labelled text: the prompt; the answer is the class name. {text} is the
+    # text (truncated to fit data.max_length), {choices} the class names joined by ", ".
+    prompt: str = (
+        "Which topic is this news article about? Answer with one of: {choices}.\n\n{text}\n\nTopic:"
+    )
+    chat_template: bool = True  # causal_lm: wrap prompts in the tokenizer's chat template
+
+
+@dataclass(frozen=True)
 class TopologyConfig:
     name: str = "ring"
     n: int = 8
@@ -43,10 +56,12 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["bbcnews", "file", "datasets"] = "bbcnews"
+    source: Literal["bbcnews", "file", "datasets", "sharegpt"] = "bbcnews"
     path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: str = "prompt"  # causal_lm on prompt/response data (or a messages column)
+    response_column: str = "response"
     max_samples: int | None = 1000  # stratified subsample of the whole set before splitting
     test_fraction: float = 0.2
     eval_samples: int | None = 200  # held-out rows each evaluation uses
@@ -58,9 +73,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["minilm", "tiny-bert", "path"] = "minilm"
+    name: Literal["minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "path"] = "minilm"
     path: str | None = None  # any transformers model directory, for name: path
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] = ()  # empty: the architecture's usual ones (README)
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -139,6 +154,7 @@ class ScheduleConfig:
 class RunConfig:
     name: str = "run"
     seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -281,10 +297,7 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("model.name='path' needs model.path (a transformers model directory)")
     if cfg.model.r < 1:
         p.append(f"model.r={cfg.model.r} must be at least 1")
-    if not cfg.model.target_modules:
-        p.append(
-            "model.target_modules is empty; name the linear layers to adapt, e.g. [query, value]"
-        )
+    p += _validate_task(cfg)
     if not 0.0 <= cfg.model.dropout < 1.0:
         p.append(f"model.dropout={cfg.model.dropout} must lie in [0, 1)")
     for key in ("rounds", "local_steps", "batch_size"):
@@ -304,6 +317,23 @@ def _validate(cfg: RunConfig) -> list[str]:
     if cfg.cluster.gpus_per_host is not None and cfg.cluster.gpus_per_host < 0:
         p.append(f"cluster.gpus_per_host={cfg.cluster.gpus_per_host} must be >= 0")
     p += _validate_schedule(cfg)
+    return p
+
+
+def _validate_task(cfg: RunConfig) -> list[str]:
+    """Checks that the task, model and data fit together (the model's own checks need its
+    config and run in prepare)."""
+    p, task, data, model = [], cfg.task, cfg.data, cfg.model
+    causal_models, encoders = ("smollm2-135m", "tiny-llama"), ("minilm", "tiny-bert")
+    if task.name == "causal_lm" and model.name in encoders:
+        p.append(
+            f"task.name='causal_lm' needs a decoder; model.name={model.name!r} is an encoder: "
+            f"use one of {causal_models} or a causal LM folder (model.name=path)"
+        )
+    if task.name == "classify" and data.source == "sharegpt":
+        p.append("data.source='sharegpt' has no labels: use task.name=causal_lm")
+    if task.name == "causal_lm" and "{text}" not in task.prompt:
+        p.append(f"task.prompt={task.prompt!r} has no {{text}} placeholder for the text")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Turn a config into what the engine needs: graph, mixing matrix, tokenised shards.
+"""Turn a config into what the engine needs: graph, mixing matrices, tokenised shards.
 
 Everything here runs once on the driver before any host starts, so bad input fails fast with
 one clear message and nothing has been computed yet.
@@ -14,13 +14,18 @@ import numpy as np
 from decaf_ray.config import ConfigError, RunConfig
 from decaf_ray.data import (
     Shard,
+    answer_ids,
     label_histogram,
+    load_prompt_dataset,
     load_text_dataset,
     partition,
+    prompt_frame,
     stratified_subsample,
     tokenize,
+    tokenize_prompts,
     train_test_split,
 )
+from decaf_ray.data.sources import read_saved_dataset, read_table
 from decaf_ray.node.model import check_model, load_tokenizer
 from decaf_ray.virtual import round_mixings
 from topologies import build_graph, mixing_matrix, validate_mixing
@@ -33,9 +38,12 @@ class Prepared:
     spectral_gap: float
     shards: dict[int, Shard]
     eval_set: Shard
-    num_labels: int
+    num_labels: int  # 0 for prompt/response data
     class_names: tuple[str, ...]
     histogram: np.ndarray  # (n, C) label counts per node
+    task: str = "classify"
+    choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labels: each class's answer ids
+    pad_id: int = 0
 
     @property
     def n(self) -> int:
@@ -51,34 +59,96 @@ def make_graph(cfg: RunConfig) -> tuple[nx.Graph, np.ndarray, float]:
     return graph, Pi, float(report.spectral_gap)
 
 
+def _labelled(cfg: RunConfig) -> bool:
+    """Whether the data are labelled texts (else prompt/response pairs, for causal_lm)."""
+    d = cfg.data
+    if cfg.task.name == "classify" or d.source == "bbcnews":
+        return True
+    if d.source == "sharegpt":
+        return False
+    if d.source == "file":
+        columns = set(read_table(d.path)[0].columns)
+    else:
+        columns = set(read_saved_dataset(d.path)[0].column_names)
+    return not ({d.prompt_column, d.response_column} <= columns or "messages" in columns)
+
+
 def prepare(cfg: RunConfig) -> Prepared:
-    """Load, split, partition and tokenise the data; build and check the graph."""
+    """Load, split, partition and tokenise the data; build and check the graph and model."""
     graph, Pi, gap = make_graph(cfg)
     n = Pi.shape[0]
     round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray
-    d = cfg.data
-    ds = load_text_dataset(d.source, d.path, d.text_column, d.label_column)
-    keep = stratified_subsample(np.arange(len(ds)), ds.labels, d.max_samples, cfg.seed)
-    train_idx, test_idx = train_test_split(ds.labels[keep], d.test_fraction, cfg.seed)
+    d, task = cfg.data, cfg.task.name
+    labelled = _labelled(cfg)
+    if labelled:
+        ds = load_text_dataset(d.source, d.path, d.text_column, d.label_column)
+        labels, class_names = ds.labels, ds.class_names
+    else:
+        ds = load_prompt_dataset(
+            d.source, d.path, d.prompt_column, d.response_column, d.max_samples
+        )
+        labels, class_names = np.zeros(len(ds), dtype=np.int64), ()
+        if d.partition != "iid":
+            raise ConfigError(
+                f"data.partition={d.partition!r} splits by label, and prompt/response data "
+                "have none: use data.partition=iid"
+            )
+    keep = stratified_subsample(np.arange(len(ds)), labels, d.max_samples, cfg.seed)
+    train_idx, test_idx = train_test_split(labels[keep], d.test_fraction, cfg.seed)
     train_idx, test_idx = keep[train_idx], keep[test_idx]
-    test_idx = stratified_subsample(test_idx, ds.labels, d.eval_samples, cfg.seed)
+    test_idx = stratified_subsample(test_idx, labels, d.eval_samples, cfg.seed)
     if len(train_idx) < n:
         raise ConfigError(
             f"only {len(train_idx)} training samples for {n} nodes: use fewer nodes "
             f"(topology.n) or more data (data.max_samples={d.max_samples})"
         )
     parts = partition(
-        ds.labels[train_idx],
+        labels[train_idx],
         n,
         d.partition,
         alpha=d.alpha,
         classes_per_node=d.classes_per_node,
         seed=cfg.seed,
     )
-    check_model(cfg.model, ds.num_classes)
+    num_labels = len(class_names)
+    check_model(cfg.model, task, max(num_labels, 1))
     tok = load_tokenizer(cfg.model)
-    all_train = tokenize(tok, [ds.texts[i] for i in train_idx], d.max_length, ds.labels[train_idx])
-    shards = {i: all_train.take(p) for i, p in enumerate(parts)}
-    eval_set = tokenize(tok, [ds.texts[i] for i in test_idx], d.max_length, ds.labels[test_idx])
-    hist = label_histogram(ds.labels[train_idx], parts, ds.num_classes)
-    return Prepared(graph, Pi, gap, shards, eval_set, ds.num_classes, ds.class_names, hist)
+    choices: tuple = ()
+    if task == "classify":
+        texts = ds.texts
+        train = tokenize(tok, [texts[i] for i in train_idx], d.max_length, labels[train_idx])
+        eval_set = tokenize(tok, [texts[i] for i in test_idx], d.max_length, labels[test_idx])
+    else:
+        chat = cfg.task.chat_template
+        if labelled:
+            head, _, tail = cfg.task.prompt.replace("{choices}", ", ".join(class_names)).partition(
+                "{text}"
+            )
+            bodies = ds.texts
+            choices = tuple(tuple(c) for c in answer_ids(tok, class_names, chat))
+            answers = [list(choices[y]) for y in labels]
+            row_labels = labels
+        else:
+            head = tail = ""
+            bodies = ds.prompts
+            answers = answer_ids(tok, ds.responses, chat)
+            row_labels = np.full(len(ds), -1, dtype=np.int64)
+        frame = prompt_frame(tok, head, tail, chat)
+
+        def rows(idx: np.ndarray) -> Shard:
+            return tokenize_prompts(
+                tok,
+                [bodies[i] for i in idx],
+                [answers[i] for i in idx],
+                frame,
+                d.max_length,
+                row_labels[idx],
+            )
+
+        train, eval_set = rows(train_idx), rows(test_idx)
+    shards = {i: train.take(p) for i, p in enumerate(parts)}
+    hist = label_histogram(labels[train_idx], parts, max(num_labels, 1))[:, :num_labels]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return Prepared(
+        graph, Pi, gap, shards, eval_set, num_labels, class_names, hist, task, choices, int(pad)
+    )

@@ -72,6 +72,9 @@ def summarise(frame: pd.DataFrame) -> dict[str, float]:
         ),
         "virtual_s": float(last.get("virtual_s", float("nan"))),
     }
+    for key, name in (("mean_node_f1", "mean_node_f1"), ("eval_ppl", "avg_model_ppl")):
+        if key in last:  # macro-F1 of classification tasks; perplexity of causal LMs
+            out[name] = float(last[key])
     return out
 
 

@@ -49,7 +49,7 @@ def bench(args: argparse.Namespace, n: int) -> dict[str, float]:
     cfg = _config(args, n)
     prep = prepare(cfg)
     host = Host(HostSpec(cfg.model, prep.num_labels, threads=args.threads, device=args.device))
-    run = RunSpec.of(cfg)
+    run = RunSpec.of(cfg, prep.choices, prep.pad_id)
     host.setup(run, prep.shards, prep.eval_set)
     modes = {
         "off": replace(cfg.train, batched_nodes="off"),

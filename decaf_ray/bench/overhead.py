@@ -186,7 +186,7 @@ def measure_round_overhead(
     setup_s = time.perf_counter() - t0
     placement = hosts.placement()
     sim = Executor(cfg, prep, hosts, log, setup_s)
-    spec, run = HostSpec.of(cfg, prep.num_labels), RunSpec.of(cfg)
+    spec, run = HostSpec.of(cfg, prep.num_labels), RunSpec.of(cfg, prep.choices, prep.pad_id)
     floors = floor_layouts(spec, run, prep.shards, prep.eval_set, hosts.blocks)
     contenders = ["sim"] + [f.name for f in floors]
     by_name = {f.name: f for f in floors}

@@ -182,9 +182,8 @@ def _build(
     return TextDataset(tuple(texts), encoded, names)
 
 
-def _load_file(
-    path: str | os.PathLike[str] | None, text_column: str, label_column: str
-) -> TextDataset:
+def read_table(path: str | os.PathLike[str] | None) -> tuple[pd.DataFrame, str]:
+    """A local .csv/.json/.jsonl/.parquet file as a frame, and its name for messages."""
     if path is None:
         raise DataError(
             "source 'file' needs a path (data.path) to a .csv/.json/.jsonl/.parquet file"
@@ -210,18 +209,21 @@ def _load_file(
                 df = pd.read_json(p, lines=True)  # tolerate JSON-lines saved as .json
         else:
             df = pd.read_parquet(p)
-    except DataError:
-        raise
     except Exception as exc:
         raise DataError(f"could not read {str(p)!r} as {ext}: {exc}") from exc
-    origin = f"file {str(p)!r}"
+    return df, f"file {str(p)!r}"
+
+
+def _load_file(
+    path: str | os.PathLike[str] | None, text_column: str, label_column: str
+) -> TextDataset:
+    df, origin = read_table(path)
     _check_columns([str(c) for c in df.columns], text_column, label_column, origin)
     return _build(df[text_column].tolist(), df[label_column].tolist(), origin)
 
 
-def _load_hf(
-    path: str | os.PathLike[str] | None, text_column: str, label_column: str
-) -> TextDataset:
+def read_saved_dataset(path: str | os.PathLike[str] | None) -> tuple[Any, str]:
+    """A ``datasets.save_to_disk`` folder (a DatasetDict: its 'train' split), and its name."""
     if path is None:
         raise DataError("source 'datasets' needs a path (data.path) to a save_to_disk directory")
     p = Path(path).expanduser()
@@ -244,6 +246,15 @@ def _load_hf(
             )
         ds = ds["train"]
         origin += " (split 'train')"
+    return ds, origin
+
+
+def _load_hf(
+    path: str | os.PathLike[str] | None, text_column: str, label_column: str
+) -> TextDataset:
+    import datasets
+
+    ds, origin = read_saved_dataset(path)
     _check_columns(list(ds.column_names), text_column, label_column, origin)
     feature = ds.features[label_column]
     int_names: dict[int, str] | None = None

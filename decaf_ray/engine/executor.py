@@ -59,7 +59,7 @@ class _Round:
     trained: int = 0  # of which local training is back
     finished: int = 0  # of which the final state is known
     losses: list[float] = field(default_factory=list)
-    accuracies: dict[int, float] = field(default_factory=dict)
+    node_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     busy: Counter = field(default_factory=Counter)  # phase -> summed host seconds
     fetch_max_s: float = 0.0
     started_at: float | None = None
@@ -338,12 +338,16 @@ class Executor:
     def _on_evaluated(self, t: int, reply: Reply[Evaluation]) -> None:
         r, log, when = self._rounds[t], self.log, self.plan.round_end_s(t)
         for i, ev in reply.nodes.items():
-            log.add(t, i, "eval_loss", ev.loss, when)
-            log.add(t, i, "eval_acc", ev.accuracy, when)
+            for key, value in ev.metrics.items():
+                log.add(t, i, f"eval_{key}", value, when)
             if i != NETWORK:
-                r.accuracies[i] = ev.accuracy
-        if reply.nodes and NETWORK not in reply.nodes and len(r.accuracies) == self.n:
-            log.add(t, NETWORK, "mean_node_acc", float(np.mean(list(r.accuracies.values()))), when)
+                r.node_metrics[i] = ev.metrics
+        if reply.nodes and NETWORK not in reply.nodes and len(r.node_metrics) == self.n:
+            nodes = [r.node_metrics[i] for i in sorted(r.node_metrics)]  # replies come in any order
+            for key in ("acc", "f1"):  # the network's view: the mean over nodes
+                if all(key in m for m in nodes):
+                    mean = float(np.mean([m[key] for m in nodes]))
+                    log.add(t, NETWORK, f"mean_node_{key}", mean, when)
 
     # ------------------------------------------------------------------ rounds
 

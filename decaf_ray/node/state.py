@@ -16,7 +16,8 @@ from torch import nn
 
 from decaf_ray.data import Shard
 
-Batch = dict[str, torch.Tensor]  # input_ids (b, L), attention_mask (b, L), labels (b,)
+# input_ids (b, L), attention_mask (b, L), labels (b,); causal LM: loss_mask (b, L), prompt_len (b,)
+Batch = dict[str, torch.Tensor]
 
 
 def derived_seed(*parts: int) -> int:
@@ -25,23 +26,15 @@ def derived_seed(*parts: int) -> int:
 
 
 def to_device(shard: Shard, device: torch.device) -> Batch:
-    """The whole shard as long tensors on ``device``."""
-    return {
-        "input_ids": torch.tensor(shard.input_ids, dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(shard.attention_mask, dtype=torch.long, device=device),
-        "labels": torch.tensor(shard.labels, dtype=torch.long, device=device),
-    }
+    """The whole shard as long tensors on ``device`` (every array it holds)."""
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in shard.arrays().items()}
 
 
 def take_rows(data: Batch, idx: torch.Tensor) -> Batch:
     """Rows ``idx`` of a tokenised set, trimmed to the longest sequence among them."""
     mask = data["attention_mask"][idx]
     length = int(mask.sum(dim=1).max())
-    return {
-        "input_ids": data["input_ids"][idx, :length],
-        "attention_mask": mask[:, :length],
-        "labels": data["labels"][idx],
-    }
+    return {k: v[idx, :length] if v.dim() == 2 else v[idx] for k, v in data.items()}
 
 
 def concat_rows(batches: list[Batch]) -> Batch:
@@ -49,13 +42,9 @@ def concat_rows(batches: list[Batch]) -> Batch:
     length = max(b["input_ids"].shape[1] for b in batches)
 
     def pad(x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, length - x.shape[1]))
+        return F.pad(x, (0, length - x.shape[1])) if x.dim() == 2 else x
 
-    return {
-        "input_ids": torch.cat([pad(b["input_ids"]) for b in batches]),
-        "attention_mask": torch.cat([pad(b["attention_mask"]) for b in batches]),
-        "labels": torch.cat([b["labels"] for b in batches]),
-    }
+    return {k: torch.cat([pad(b[k]) for b in batches]) for k in batches[0]}
 
 
 class NodeState:

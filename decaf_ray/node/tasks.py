@@ -1,0 +1,186 @@
+"""What a node learns and how it is scored: one class per task, over a shared base model.
+
+A task gives the loss of a batch (mean over the batch, for the sequential path; one mean per
+node, for the batched path: their sum is the group loss) and the evaluation of a model on
+held-out data. Batches are dicts of tensors (:mod:`decaf_ray.node.state`).
+
+- :class:`Classify`: a classification head on an encoder or decoder; cross-entropy per text;
+  evaluation: loss, accuracy and macro-F1 (scikit-learn's definition).
+- :class:`CausalLM`: next-token training of a decoder on prompt + response, the loss masked
+  to the response tokens (``loss_mask``). Evaluation: token-mean loss and perplexity over the
+  responses; for labelled data, where each response is one of the class names (``choices``),
+  also accuracy and macro-F1 by comparing the class names' log-likelihoods given the prompt
+  (no generation), which is how the paper's BoolQ/WiC F1 is scored.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from decaf_ray.node.state import Batch, take_rows
+
+TASKS = ("classify", "causal_lm")
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean over all classes of per-class F1 (scikit-learn, zero_division=0)."""
+    from sklearn.metrics import f1_score
+
+    labels = list(range(num_classes))
+    return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield torch.arange(start, min(start + size, n))
+
+
+class Task(ABC):
+    name = "task"
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean loss of a batch (a scalar with a gradient)."""
+
+    @abstractmethod
+    def node_losses(self, model: nn.Module, batch: Batch, k: int) -> torch.Tensor:
+        """(k,) each node's mean loss over its own rows (rows node-major, equal blocks)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
+        """Held-out metrics of the model now installed, named as logged (without eval_)."""
+
+
+class Classify(Task):
+    name = "classify"
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(**batch).loss
+
+    def node_losses(self, model: nn.Module, batch: Batch, k: int) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        per_row = F.cross_entropy(logits, batch["labels"], reduction="none")
+        return per_row.view(k, -1).mean(dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
+        model.eval()
+        n = len(data["labels"])
+        loss_sum, preds = 0.0, []
+        for idx in _chunks(n, batch_size):
+            batch = take_rows(data, idx.to(data["labels"].device))
+            out = model(**batch)
+            loss_sum += float(out.loss) * len(idx)
+            preds.append(out.logits.argmax(-1).cpu())
+        y_pred, y_true = torch.cat(preds).numpy(), data["labels"].cpu().numpy()
+        return {
+            "loss": loss_sum / n,
+            "acc": float((y_pred == y_true).mean()),
+            "f1": macro_f1(y_true, y_pred, self.num_labels),
+        }
+
+
+def _token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed negative log-likelihood of the tokens marked in ``loss_mask`` (the
+    response), and their count. Row j's token t is predicted from its tokens < t."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["input_ids"][:, 1:]  # (b, L-1)
+    mask = batch["loss_mask"][:, 1:].to(logits.dtype)  # (b, L-1)
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    return (nll * mask).sum(dim=1), mask.sum(dim=1)
+
+
+class CausalLM(Task):
+    name = "causal_lm"
+
+    def __init__(self, choices: Sequence[Sequence[int]] = (), pad_id: int = 0) -> None:
+        self.choices = [list(c) for c in choices]  # token ids of each class name's answer
+        self.pad_id = pad_id
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        nll, count = _token_nll(model, batch)
+        return nll.sum() / count.sum().clamp(min=1)
+
+    def node_losses(self, model: nn.Module, batch: Batch, k: int) -> torch.Tensor:
+        nll, count = _token_nll(model, batch)
+        return nll.view(k, -1).sum(dim=1) / count.view(k, -1).sum(dim=1).clamp(min=1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
+        model.eval()
+        if self.choices:
+            return self._evaluate_choices(model, data, batch_size)
+        n = len(data["labels"])
+        nll_sum, tokens = 0.0, 0.0
+        for idx in _chunks(n, batch_size):
+            nll, count = _token_nll(model, take_rows(data, idx.to(data["labels"].device)))
+            nll_sum, tokens = nll_sum + float(nll.sum()), tokens + float(count.sum())
+        loss = nll_sum / max(tokens, 1.0)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+    def _evaluate_choices(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
+        """Score every class name after each prompt; predict the most likely one.
+
+        Each prompt is followed by each choice and the rows are left-padded, so every choice
+        ends at the last position and only the last ``max_len + 1`` positions' logits are
+        needed (``logits_to_keep``): (rows, max_len + 1, vocab), not (rows, L, vocab).
+        """
+        device = data["labels"].device
+        C, n = len(self.choices), len(data["labels"])
+        lengths = torch.tensor([len(c) for c in self.choices], device=device)  # (C,)
+        keep = int(lengths.max()) + 1
+        per_batch = max(1, batch_size // C)
+        scores, nll_sum, tokens = [], 0.0, 0.0
+        for idx in _chunks(n, per_batch):
+            rows = []
+            for i in idx.tolist():
+                prompt = data["input_ids"][i, : int(data["prompt_len"][i])].tolist()
+                rows += [prompt + choice for choice in self.choices]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):
+                ids[r, width - len(row) :] = torch.tensor(row, device=device)
+                mask[r, width - len(row) :] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+            ).logits  # (rows, keep, V): positions width-keep .. width-1
+            logp = logits.float().log_softmax(dim=-1)
+            tail = ids[:, width - keep + 1 :]  # (rows, keep-1): the tokens those logits predict
+            picked = logp[:, :-1].gather(-1, tail.unsqueeze(-1)).squeeze(-1)  # (rows, keep-1)
+            ls = lengths.repeat(len(idx))  # (rows,) each row's choice length
+            offs = torch.arange(keep - 1, device=device)
+            in_choice = offs[None, :] >= (keep - 1 - ls[:, None])
+            loglik = (picked * in_choice).sum(dim=1).view(len(idx), C)  # (b, C)
+            scores.append(loglik.cpu())
+            truth = data["labels"][idx.to(device)]
+            nll_sum -= float(loglik.gather(1, truth[:, None]).sum())
+            tokens += float(lengths[truth].sum())
+        score = torch.cat(scores)  # (n, C)
+        y_pred, y_true = score.argmax(dim=1).numpy(), data["labels"].cpu().numpy()
+        loss = nll_sum / max(tokens, 1.0)
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "acc": float((y_pred == y_true).mean()),
+            "f1": macro_f1(y_true, y_pred, C),
+        }
+
+
+def make_task(name: str, num_labels: int, choices=(), pad_id: int = 0) -> Task:
+    if name == "classify":
+        return Classify(num_labels)
+    if name == "causal_lm":
+        return CausalLM(choices, pad_id)
+    raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")

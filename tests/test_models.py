@@ -1,0 +1,219 @@
+"""Model families and tasks: causal LMs (tiny Llama, SmolLM2), macro-F1, prompt data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from decaf_ray.config import ConfigError
+from decaf_ray.engine.log import NETWORK
+
+LLM = dict(task__name="causal_lm", model__name="tiny-llama", data__max_length=48)
+ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
+
+
+def net(frame: pd.DataFrame, metric: str) -> pd.Series:
+    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
+
+
+def _host(cfg):
+    from decaf_ray.node import Host, HostSpec, RunSpec
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(cfg)
+    host = Host(HostSpec.of(cfg, prep.num_labels))
+    host.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
+    return host, prep
+
+
+def test_causal_rows_mask_the_answer_and_fit_the_length():
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(tiny_config(**LLM))
+    ev = prep.eval_set
+    assert ev.input_ids.shape[1] == 48 and len(prep.choices) == 5
+    for i in range(len(ev)):
+        start, end = int(ev.prompt_len[i]), int(ev.attention_mask[i].sum())
+        answer = ev.input_ids[i, start:end].tolist()
+        assert answer == list(prep.choices[ev.labels[i]])  # the class name, then end-of-text
+        assert ev.loss_mask[i].sum() == end - start and ev.loss_mask[i, :start].sum() == 0
+    assert (ev.attention_mask.sum(axis=1) == 48).mean() > 0.9  # articles cut to fit
+
+
+def test_choice_scores_equal_a_brute_force_likelihood():
+    """The left-padded, logits_to_keep scoring equals summing log p over full forward passes."""
+    from decaf_ray.node.tasks import CausalLM
+
+    host, prep = _host(tiny_config(**LLM, model__same_init=False, seed=5))
+    task, model, data = host.task, host.model, host.eval_set
+    model.eval()
+    with torch.no_grad():  # perturb B so the adapter matters
+        for m in model.modules():
+            if hasattr(m, "lora_B"):
+                m.lora_B["default"].weight.normal_(0, 0.5)
+        fast = CausalLM(prep.choices, prep.pad_id)._evaluate_choices(model, data, 7)
+        nll, tokens, preds = 0.0, 0, []
+        for i in range(len(data["labels"])):
+            prompt = data["input_ids"][i, : int(data["prompt_len"][i])].tolist()
+            scores = []
+            for choice in prep.choices:
+                ids = torch.tensor([prompt + list(choice)])
+                logp = model(input_ids=ids).logits.log_softmax(-1)[0]
+                positions = range(len(prompt) - 1, len(prompt) + len(choice) - 1)
+                scores.append(sum(float(logp[p, t]) for p, t in zip(positions, choice)))
+            y = int(data["labels"][i])
+            nll, tokens = nll - scores[y], tokens + len(prep.choices[y])
+            preds.append(int(np.argmax(scores)))
+    y_true = data["labels"].numpy()
+    assert fast["loss"] == pytest.approx(nll / tokens, rel=1e-4)
+    assert fast["acc"] == pytest.approx(float((np.array(preds) == y_true).mean()))
+    assert task.name == "causal_lm"
+
+
+def test_macro_f1_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    host, _ = _host(tiny_config(model__same_init=False))
+    metrics = host.evaluate_adapter(host.adapter(0))
+    with torch.no_grad():
+        host.model.eval()
+        logits = host.model(
+            input_ids=host.eval_set["input_ids"], attention_mask=host.eval_set["attention_mask"]
+        ).logits
+    y_pred, y_true = logits.argmax(-1).numpy(), host.eval_set["labels"].numpy()
+    expected = f1_score(y_true, y_pred, average="macro", labels=list(range(5)), zero_division=0)
+    assert metrics["f1"] == pytest.approx(expected)
+    assert metrics["acc"] == pytest.approx(float((y_pred == y_true).mean()))
+
+
+def test_batched_causal_lm_equals_sequential():
+    seq_host, _ = _host(tiny_config(**LLM, train__batched_nodes="off", model__same_init=False))
+    bat_host, _ = _host(
+        tiny_config(
+            **LLM, train__batched_nodes="on", model__same_init=False, train__batched_max_rows=16
+        )
+    )
+    for host in (seq_host, bat_host):
+        for m in host.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+    for t in (1, 2):
+        a, b = seq_host.train(t), bat_host.train(t)
+        for i in a:
+            assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
+            for key, x in a[i].adapter.B.items():
+                np.testing.assert_allclose(b[i].adapter.B[key], x, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_fine_tunes_a_causal_lm_on_ray(run_tiny, algorithm):
+    frame = run_tiny(algorithm__name=algorithm, **LLM)
+    for metric in ("eval_loss", "eval_ppl", "eval_acc", "eval_f1"):
+        rows = frame[frame.metric == metric]
+        assert len(rows[rows.node >= 0]) == 8 and len(rows[rows.node == NETWORK]) == 2, metric
+    assert len(net(frame, "mean_node_f1")) == 2
+    assert np.isfinite(net(frame, "product_consensus")).all()
+    ppl, loss = net(frame, "eval_ppl"), net(frame, "eval_loss")
+    assert np.allclose(ppl, np.exp(loss))
+
+
+def test_decaf_on_a_complete_graph_gives_every_llm_node_the_same_product(run_tiny):
+    frame = run_tiny(algorithm__name="decaf", topology__name="complete", train__rounds=1, **LLM)
+    assert net(frame, "product_consensus").iloc[0] < 1e-12
+
+
+def test_prompt_response_file_trains_on_responses(run_local, tmp_path):
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"what is {i} plus one?"},
+                {"role": "assistant", "content": f"{i} plus one is {i + 1}."},
+            ]
+        }
+        for i in range(60)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    frame = run_local(
+        algorithm__name="dlora",
+        data__source="file",
+        data__path=str(path),
+        data__partition="iid",
+        data__max_samples=None,
+        **LLM,
+    )
+    assert "eval_ppl" in set(frame.metric) and "eval_acc" not in set(frame.metric)
+    assert not frame.metric.str.startswith("label_count").any()
+
+
+def test_sharegpt_loader_recovers_conversations_from_the_truncated_file(capsys):
+    from decaf_ray.data.instructions import _decode_objects, load_sharegpt
+
+    objects, complete = _decode_objects('[{"a": 1}, {"b": [2, 3]}, {"c": "trunc')
+    assert objects == [{"a": 1}, {"b": [2, 3]}] and not complete
+    ds = load_sharegpt(max_conversations=25)
+    assert len(ds) == 25 and all(p and r for p, r in zip(ds.prompts, ds.responses))
+    assert "complete conversations recovered" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"task__name": "causal_lm"}, "task.name='causal_lm' needs a decoder"),
+        ({"data__source": "sharegpt"}, "data.source='sharegpt' has no labels"),
+        ({"task__name": "causal_lm", "task__prompt": "no slot"}, "has no {text} placeholder"),
+    ],
+)
+def test_a_task_that_does_not_fit_is_refused_at_config_time(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        tiny_config(**overrides)
+
+
+def test_model_folder_without_config_and_label_splits_of_prompts_are_refused(tmp_path):
+    from decaf_ray.prepare import prepare
+
+    with pytest.raises(ValueError, match="holds no config.json"):
+        prepare(tiny_config(model__name="path", model__path=str(tmp_path)))
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,response\n" + "\n".join(f"q{i},a{i}" for i in range(20)) + "\n")
+    with pytest.raises(ConfigError, match="data.partition='dirichlet' splits by label"):
+        prepare(tiny_config(**LLM, data__source="file", data__path=str(path)))
+
+
+def test_smollm2_is_converted_once_and_fine_tuned(run_tiny, tmp_path, monkeypatch):
+    """The shipped 4-bit GGUF becomes a cached folder; its chat template frames the prompts."""
+    from decaf_ray.node import zoo
+    from decaf_ray.prepare import prepare
+
+    folder = zoo.smollm2_dir()  # converts on first use (about 15 s), then cached
+    assert (folder / "config.json").exists() and zoo.smollm2_dir() == folder
+    kw = dict(
+        task__name="causal_lm",
+        model__name="smollm2-135m",
+        model__r=2,
+        data__max_length=64,
+        data__max_samples=40,
+        data__eval_samples=5,
+        topology__name="complete",
+        topology__n=2,
+        train__rounds=1,
+        train__local_steps=1,
+        train__batch_size=2,
+    )
+    prep = prepare(tiny_config(**kw))
+    assert "<|im_start|>" in zoo_decode(folder, prep.eval_set.input_ids[0])
+    frame = run_tiny(algorithm__name="decaf", eval__network_average=False, **kw)
+    assert np.isfinite(net(frame, "mean_node_f1")).all()
+    assert (frame[(frame.metric == "eval_ppl") & (frame.node >= 0)].value > 1).all()
+
+
+def zoo_decode(folder, ids) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).decode([int(i) for i in ids])
