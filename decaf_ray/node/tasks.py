@@ -15,6 +15,7 @@ held-out data. Batches are dicts of tensors (:mod:`decaf_ray.node.state`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -90,6 +91,13 @@ class Classify(Task):
         }
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """The forward argument taking a key/value cache (``cache`` from transformers 5.x on,
+    ``past_key_values`` before)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed negative log-likelihood of the tokens marked in ``loss_mask`` (the
     response), and their count. Row j's token t is predicted from its tokens < t."""
@@ -131,42 +139,65 @@ class CausalLM(Task):
     def _evaluate_choices(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
         """Score every class name after each prompt; predict the most likely one.
 
-        Each prompt is followed by each choice and the rows are left-padded, so every choice
-        ends at the last position and only the last ``max_len + 1`` positions' logits are
-        needed (``logits_to_keep``): (rows, max_len + 1, vocab), not (rows, L, vocab).
+        The prompts run once (left-padded, keeping only the last position's logits, which
+        predict each choice's first token) and their key/value cache is repeated for the C
+        choices, which then run as short continuations: about C times cheaper than running
+        prompt + choice C times, and (rows, Lc, vocab) logits, never (rows, L, vocab).
         """
         device = data["labels"].device
         C, n = len(self.choices), len(data["labels"])
-        lengths = torch.tensor([len(c) for c in self.choices], device=device)  # (C,)
-        keep = int(lengths.max()) + 1
-        per_batch = max(1, batch_size // C)
+        width_c = max(len(c) for c in self.choices)
+        choice_ids = torch.full((C, width_c), self.pad_id, dtype=torch.long, device=device)
+        choice_mask = torch.zeros_like(choice_ids)
+        for c, ids in enumerate(self.choices):
+            choice_ids[c, : len(ids)] = torch.tensor(ids, device=device)
+            choice_mask[c, : len(ids)] = 1
         scores, nll_sum, tokens = [], 0.0, 0.0
-        for idx in _chunks(n, per_batch):
-            rows = []
-            for i in idx.tolist():
-                prompt = data["input_ids"][i, : int(data["prompt_len"][i])].tolist()
-                rows += [prompt + choice for choice in self.choices]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+        for idx in _chunks(n, max(1, batch_size // C)):
+            b = len(idx)
+            lens = [int(data["prompt_len"][i]) for i in idx.tolist()]
+            width = max(lens)
+            ids = torch.full((b, width), self.pad_id, dtype=torch.long, device=device)
             mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):
-                ids[r, width - len(row) :] = torch.tensor(row, device=device)
-                mask[r, width - len(row) :] = 1
+            for r, i in enumerate(idx.tolist()):
+                ids[r, width - lens[r] :] = data["input_ids"][i, : lens[r]]
+                mask[r, width - lens[r] :] = 1
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-            ).logits  # (rows, keep, V): positions width-keep .. width-1
-            logp = logits.float().log_softmax(dim=-1)
-            tail = ids[:, width - keep + 1 :]  # (rows, keep-1): the tokens those logits predict
-            picked = logp[:, :-1].gather(-1, tail.unsqueeze(-1)).squeeze(-1)  # (rows, keep-1)
-            ls = lengths.repeat(len(idx))  # (rows,) each row's choice length
-            offs = torch.arange(keep - 1, device=device)
-            in_choice = offs[None, :] >= (keep - 1 - ls[:, None])
-            loglik = (picked * in_choice).sum(dim=1).view(len(idx), C)  # (b, C)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            first = out.logits[:, -1].float().log_softmax(dim=-1)  # (b, V): choice token 0
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(C)  # row r*C + c continues prompt r with choice c
+            cont_ids = choice_ids.repeat(b, 1)  # (b C, Lc)
+            cont_mask = torch.cat([mask.repeat_interleave(C, dim=0), choice_mask.repeat(b, 1)], 1)
+            cont_pos = (
+                positions[:, -1:].repeat_interleave(C, dim=0)
+                + 1
+                + torch.arange(width_c, device=device)
+            )
+            later = (
+                model(
+                    input_ids=cont_ids,
+                    attention_mask=cont_mask,
+                    position_ids=cont_pos,
+                    **{_cache_argument(model): cache},
+                )
+                .logits.float()
+                .log_softmax(dim=-1)
+            )  # (b C, Lc, V): [:, j] predicts token j + 1
+            head = first.repeat_interleave(C, dim=0).gather(1, cont_ids[:, :1]).squeeze(1)
+            rest = later[:, :-1].gather(-1, cont_ids[:, 1:, None]).squeeze(-1)  # (b C, Lc - 1)
+            loglik = head + (rest * choice_mask.repeat(b, 1)[:, 1:]).sum(dim=1)
+            loglik = loglik.view(b, C)
             scores.append(loglik.cpu())
             truth = data["labels"][idx.to(device)]
             nll_sum -= float(loglik.gather(1, truth[:, None]).sum())
-            tokens += float(lengths[truth].sum())
+            tokens += float(choice_mask.sum(dim=1)[truth].sum())
         score = torch.cat(scores)  # (n, C)
         y_pred, y_true = score.argmax(dim=1).numpy(), data["labels"].cpu().numpy()
         loss = nll_sum / max(tokens, 1.0)
