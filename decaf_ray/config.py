@@ -101,6 +101,9 @@ class EvalConfig:
     batch_size: int = 64
     network_average: bool = True  # also evaluate the model with the average of all nodes' updates
     metrics_every: int = 1  # consensus and drift metrics every k rounds (they cost O(n d r k))
+    # shared: one held-out set for every node; local: each node's own test split (carved from
+    # its partition, data.test_fraction of it: personalisation); both
+    on: Literal["shared", "local", "both"] = "shared"
 
 
 @dataclass(frozen=True)

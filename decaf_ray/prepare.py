@@ -44,6 +44,7 @@ class Prepared:
     task: str = "classify"
     choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labels: each class's answer ids
     pad_id: int = 0
+    local_evals: dict[int, Shard] | None = None  # eval.on local/both: each node's test split
 
     @property
     def n(self) -> int:
@@ -110,6 +111,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         classes_per_node=d.classes_per_node,
         seed=cfg.seed,
     )
+    local_parts = None
+    if cfg.eval.on != "shared":
+        parts, local_parts = _local_splits(parts, d.test_fraction, cfg.seed)
     num_labels = len(class_names)
     check_model(cfg.model, task, max(num_labels, 1))
     tok = load_tokenizer(cfg.model)
@@ -147,8 +151,41 @@ def prepare(cfg: RunConfig) -> Prepared:
 
         train, eval_set = rows(train_idx), rows(test_idx)
     shards = {i: train.take(p) for i, p in enumerate(parts)}
+    local_evals = (
+        None if local_parts is None else {i: train.take(p) for i, p in enumerate(local_parts)}
+    )
     hist = label_histogram(labels[train_idx], parts, max(num_labels, 1))[:, :num_labels]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return Prepared(
-        graph, Pi, gap, shards, eval_set, num_labels, class_names, hist, task, choices, int(pad)
+        graph,
+        Pi,
+        gap,
+        shards,
+        eval_set,
+        num_labels,
+        class_names,
+        hist,
+        task,
+        choices,
+        int(pad),
+        local_evals,
     )
+
+
+def _local_splits(
+    parts: list[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each node's partition split into (train, own test): ``fraction`` of it, at least one
+    row each, drawn from (seed, node) alone."""
+    train, test = [], []
+    for i, p in enumerate(parts):
+        if len(p) < 2:
+            raise ConfigError(
+                f"node {i} holds {len(p)} training sample(s); eval.on=local needs at least 2 "
+                "per node: use fewer nodes or more data (data.max_samples)"
+            )
+        perm = np.random.default_rng([seed, 9, i]).permutation(p)
+        k = min(max(1, round(len(p) * fraction)), len(p) - 1)
+        test.append(np.sort(perm[:k]))
+        train.append(np.sort(perm[k:]))
+    return train, test

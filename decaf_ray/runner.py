@@ -84,7 +84,8 @@ def prepare_all(configs: list[RunConfig]) -> list[Prepared]:
     cache: dict[str, Prepared] = {}
     out = []
     for c in configs:
-        key = repr((to_dict(c.topology), to_dict(c.data), to_dict(c.model), c.seed))
+        parts = (c.topology, c.data, c.model, c.task)
+        key = repr((*map(to_dict, parts), c.eval.on, c.schedule.graph, c.train.rounds, c.seed))
         if key not in cache:
             cache[key] = prepare(c)
         out.append(cache[key])

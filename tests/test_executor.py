@@ -116,3 +116,27 @@ def test_in_process_hosts_give_what_ray_hosts_give(run_tiny, run_local):
     pd.testing.assert_series_equal(
         values(run_tiny(**kw)), values(run_local(**kw)), rtol=1e-6, atol=1e-9
     )
+
+
+def test_local_test_sets_score_each_node_on_its_own_data(run_local):
+    """eval.on=both: every node is scored on the shared set and on its own test split, carved
+    from its (non-IID) partition, so local accuracies differ from shared ones."""
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(tiny_config(eval__on="both", data__alpha=0.1))
+    assert sorted(prep.local_evals) == [0, 1, 2, 3]
+    for i, shard in prep.local_evals.items():
+        total = len(shard) + len(prep.shards[i])
+        assert len(shard) == min(max(1, round(total * 0.2)), total - 1)  # test_fraction 0.2
+    histograms = [np.bincount(s.labels, minlength=5) for s in prep.local_evals.values()]
+    assert len({tuple(h.argsort()[-1:]) for h in histograms}) > 1  # non-IID: own mixtures
+    frame = run_local(algorithm__name="dlora", eval__on="both", data__alpha=0.1)
+    for metric in ("eval_acc", "eval_local_acc", "eval_local_f1", "eval_local_loss"):
+        rows = frame[(frame.metric == metric) & (frame.node >= 0)]
+        assert len(rows) == 8, metric
+    assert len(net(frame, "mean_node_local_acc")) == 2
+    local = frame[frame.metric == "eval_local_acc"].value.to_numpy()
+    shared = frame[(frame.metric == "eval_acc") & (frame.node >= 0)].value.to_numpy()
+    assert not np.allclose(local, shared)
+    only = run_local(algorithm__name="dlora", eval__on="local")
+    assert "eval_acc" not in set(only.metric) and "eval_local_acc" in set(only.metric)

@@ -115,7 +115,9 @@ def start_hosts(cfg: RunConfig, prep: Prepared, pool: HostPool) -> RayHostGroup:
     blocks = plan_hosts(cfg, prep.n, cluster_cpus())
     spec = HostSpec.of(cfg, prep.num_labels)
     group = RayHostGroup(pool.get(spec, len(blocks), cfg.cluster.gpus_per_host), blocks)
-    group.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
+    group.setup(
+        RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set, prep.local_evals
+    )
     return group
 
 

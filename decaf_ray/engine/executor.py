@@ -344,7 +344,7 @@ class Executor:
                 r.node_metrics[i] = ev.metrics
         if reply.nodes and NETWORK not in reply.nodes and len(r.node_metrics) == self.n:
             nodes = [r.node_metrics[i] for i in sorted(r.node_metrics)]  # replies come in any order
-            for key in ("acc", "f1"):  # the network's view: the mean over nodes
+            for key in ("acc", "f1", "local_acc", "local_f1"):  # the mean over nodes
                 if all(key in m for m in nodes):
                     mean = float(np.mean([m[key] for m in nodes]))
                     log.add(t, NETWORK, f"mean_node_{key}", mean, when)
@@ -379,7 +379,8 @@ class Executor:
         log.add(t, NETWORK, "virtual_s", when, when)
         if r.losses:
             log.add(t, NETWORK, "train_loss", float(np.mean(r.losses)), when)
-        if evaluate and self.cfg.eval.network_average and after is None:
+        average = self.cfg.eval.network_average and self.cfg.eval.on != "local"
+        if evaluate and average and after is None:
             after = self.hosts.fetch(after_parts)
         r.metrics_s = time.perf_counter() - t0
         r.logged_at = time.perf_counter()
@@ -389,7 +390,7 @@ class Executor:
                 states = {i: after_parts[i] for i in block}
                 self._inflight[self.hosts.evaluate(k, t, states)] = ("eval", t)
                 r.evals_pending += 1
-            if self.cfg.eval.network_average:
+            if average:
                 ticket = self.hosts.evaluate_adapter(t, network_average(after))
                 self._inflight[ticket] = ("eval", t)
                 r.evals_pending += 1

@@ -146,12 +146,21 @@ class HostGroup(ABC):
             ]
         )
 
-    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> None:
-        """Give every host its nodes' shards and the held-out set (fresh nodes)."""
+    def setup(
+        self,
+        run: RunSpec,
+        shards: dict[int, Shard],
+        eval_set: Shard,
+        local_evals: dict[int, Shard] | None = None,
+    ) -> None:
+        """Give every host its nodes' shards (and own test splits) and the held-out set."""
         shared = self._share(eval_set)
-        self._on_every_host(
-            "host set-up", "setup", lambda block: (run, {i: shards[i] for i in block}, shared)
-        )
+
+        def args(block: list[int]) -> tuple:
+            local = {i: local_evals[i] for i in block} if local_evals else None
+            return run, {i: shards[i] for i in block}, shared, local
+
+        self._on_every_host("host set-up", "setup", args)
 
     def placement(self) -> list[dict[str, Any]]:
         """Where each host runs, with its nodes (for placement.json)."""

@@ -85,5 +85,7 @@ def start_local_hosts(cfg: RunConfig, prep: Prepared, cpus: int = 2) -> LocalHos
     spec = HostSpec.of(cfg, prep.num_labels)
     store = LocalStore()
     group = LocalHostGroup([HostService(spec, store) for _ in blocks], blocks)
-    group.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
+    group.setup(
+        RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set, prep.local_evals
+    )
     return group

@@ -58,6 +58,7 @@ class RunSpec:
     seed: int
     choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labelled data: each answer's ids
     pad_id: int = 0
+    eval_on: str = "shared"  # shared | local | both (eval.on)
 
     @classmethod
     def of(cls, cfg: RunConfig, choices=(), pad_id: int = 0) -> RunSpec:
@@ -69,6 +70,7 @@ class RunSpec:
             cfg.seed,
             tuple(tuple(c) for c in choices),
             pad_id,
+            cfg.eval.on,
         )
 
 
@@ -109,8 +111,15 @@ class Host:
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
-        """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard)."""
+    def setup(
+        self,
+        run: RunSpec,
+        shards: dict[int, Shard],
+        eval_set: Shard,
+        local_evals: dict[int, Shard] | None = None,
+    ) -> list[int]:
+        """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard), each
+        with its own test split from ``local_evals`` when eval.on is local or both."""
         self.run = run
         self.algorithm = make_algorithm(run.algorithm)
         self.task = make_task(self.spec.task, self.spec.num_labels, run.choices, run.pad_id)
@@ -118,6 +127,8 @@ class Host:
         self.batched = mode == "on" or (mode == "auto" and self.device.type == "cuda")
         self.eval_set = to_device(eval_set, self.device)
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
+        for i, local in (local_evals or {}).items():
+            self.nodes[i].eval_data = to_device(local, self.device)
         return sorted(self.nodes)
 
     def _initial_params(self, node_id: int) -> dict[str, nn.Parameter]:
@@ -238,9 +249,27 @@ class Host:
         return out
 
     @torch.no_grad()
+    def evaluate_node(self, node_id: int, adapter: Adapter) -> dict[str, float]:
+        """Node ``node_id``'s model (given as ``adapter``) on the shared held-out set and/or,
+        as ``local_*`` metrics, on its own test split (``eval.on``)."""
+        self._install(adapter)
+        out, bs = {}, self.run.eval_batch_size
+        if self.run.eval_on in ("shared", "both"):
+            out.update(self.task.evaluate(self.model, self.eval_set, bs))
+        if self.run.eval_on in ("local", "both"):
+            local = self.task.evaluate(self.model, self.nodes[node_id].eval_data, bs)
+            out.update({f"local_{k}": v for k, v in local.items()})
+        return out
+
+    @torch.no_grad()
     def evaluate_adapter(self, adapter: Adapter) -> dict[str, float]:
         """Held-out metrics (loss, accuracy, F1...: the task's) of a model given as an adapter
-        (any rank: e.g. the network mean)."""
+        (any rank: e.g. the network mean) on the shared held-out set."""
+        self._install(adapter)
+        return self.task.evaluate(self.model, self.eval_set, self.run.eval_batch_size)
+
+    def _install(self, adapter: Adapter) -> None:
+        """Put ``adapter``'s tensors (plain tensors, not a node's parameters) into the model."""
         params = {}
         for m in self.slots.modules:
             params[f"{m}.A"] = _tensor(adapter.A[m], self.device)
@@ -248,7 +277,6 @@ class Host:
         for key, value in adapter.extra.items():
             params[key] = _tensor(value, self.device)
         self.slots.install(params)
-        return self.task.evaluate(self.model, self.eval_set, self.run.eval_batch_size)
 
 
 def keep_heap() -> None:

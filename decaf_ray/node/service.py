@@ -96,8 +96,14 @@ class HostService:
         self.host = Host(spec)
         self.store = store
 
-    def setup(self, run: RunSpec, shards: dict[int, Shard], eval_set: Shard) -> list[int]:
-        return self.host.setup(run, shards, eval_set)
+    def setup(
+        self,
+        run: RunSpec,
+        shards: dict[int, Shard],
+        eval_set: Shard,
+        local_evals: dict[int, Shard] | None = None,
+    ) -> list[int]:
+        return self.host.setup(run, shards, eval_set, local_evals)
 
     def where(self) -> dict[str, Any]:
         """Which machine and device this host runs on (recorded in placement.json)."""
@@ -158,7 +164,7 @@ class HostService:
         """Held-out loss and accuracy of each node's model as given by its state."""
         t0 = time.perf_counter()
         adapters = self.store.get_parts(list(states.values()))
-        nodes = {i: Evaluation(self.host.evaluate_adapter(a)) for i, a in zip(states, adapters)}
+        nodes = {i: Evaluation(self.host.evaluate_node(i, a)) for i, a in zip(states, adapters)}
         return Reply(nodes, time.perf_counter() - t0)
 
     def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:

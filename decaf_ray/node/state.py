@@ -64,6 +64,7 @@ class NodeState:
         self.optimizer = optimizer
         self.rng = np.random.default_rng(derived_seed(seed, node_id, 7))
         self._order = np.empty(0, dtype=np.int64)
+        self.eval_data: Batch | None = None  # the node's own test split (eval.on: local)
 
     @property
     def size(self) -> int:
