@@ -467,6 +467,7 @@ class Executor:
             log.add_nodes(0, f"label_count:{name}", counts, 0.0)
         log.flush()
         self._setup_logged = True
+        self._last_logged_at = time.perf_counter()  # round 1's wall time starts with the run
 
     def _progress(self) -> dict[str, str]:
         latest = self.log.latest
