@@ -13,6 +13,7 @@ EPILOG = """examples:
   decaf-ray run runs/demo.yaml
   decaf-ray run runs/paper_ring_noniid.yaml --set train.rounds=5 --set topology.n=16
   decaf-ray run runs/straggler_study.yaml             # sync vs async vs bounded
+  decaf-ray run runs/llm_demo.yaml                    # SmolLM2 as a causal LM, 5 methods
   decaf-ray run runs/demo.yaml --address auto          # join a running Ray cluster
   decaf-ray topologies --n 16
 Results go to runs/out/<name>-<time>/ (config.yaml, metrics.parquet, summary.csv);
