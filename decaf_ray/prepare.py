@@ -7,6 +7,7 @@ one clear message and nothing has been computed yet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -74,8 +75,31 @@ def _labelled(cfg: RunConfig) -> bool:
     return not ({d.prompt_column, d.response_column} <= columns or "messages" in columns)
 
 
+def missing_paths(cfg: RunConfig) -> list[str]:
+    """Every file or folder the config names that is not there, each said with where it was
+    looked for (a preset for weights or data that live elsewhere names all of them at once)."""
+    wanted = []
+    if cfg.model.name == "path":
+        wanted.append(("model.path", cfg.model.path, "a transformers model folder"))
+    if cfg.data.source in ("file", "datasets"):
+        wanted.append(("data.path", cfg.data.path, "the data"))
+    if cfg.topology.name == "file":
+        wanted.append(("topology.path", cfg.topology.path, "an edge list or GraphML file"))
+    if cfg.schedule.compute == "trace":
+        wanted.append(("schedule.trace_path", cfg.schedule.trace_path, "a compute trace"))
+    return [
+        f"{key}={str(value)!r} ({what}) does not exist: looked for "
+        f"{Path(value).expanduser().resolve()}"
+        for key, value, what in wanted
+        if value and not Path(value).expanduser().exists()
+    ]
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Load, split, partition and tokenise the data; build and check the graph and model."""
+    missing = missing_paths(cfg)
+    if missing:
+        raise ConfigError("missing input:\n  - " + "\n  - ".join(missing))
     graph, Pi, gap = make_graph(cfg)
     n = Pi.shape[0]
     round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from decaf_ray.cli import main
+from decaf_ray.config import ConfigError
 from decaf_ray.data import DataError
 from decaf_ray.prepare import prepare
 from topologies import MixingError, validate_mixing
@@ -24,7 +25,7 @@ def test_unknown_target_module():
 
 def test_missing_data_file(tmp_path):
     missing = tmp_path / "absent.csv"
-    with pytest.raises(DataError, match="absent.csv"):
+    with pytest.raises(ConfigError, match="data.path=.*absent.csv"):
         prepare(tiny_config(data__source="file", data__path=str(missing)))
 
 
@@ -79,3 +80,19 @@ def test_cli_reports_one_clear_line(args, needle, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2
     assert needle in err and "Traceback" not in err
+
+
+def test_every_missing_path_is_named_in_one_message(tmp_path):
+    """A preset whose weights and data live elsewhere stops before Ray, naming both."""
+    cfg = tiny_config(
+        task__name="causal_lm",
+        model__name="path",
+        model__path=str(tmp_path / "Llama-2-7b-hf"),
+        data__source="file",
+        data__path=str(tmp_path / "boolq" / "train.jsonl"),
+    )
+    with pytest.raises(ConfigError) as err:
+        prepare(cfg)
+    msg = str(err.value)
+    assert "model.path=" in msg and "Llama-2-7b-hf" in msg
+    assert "data.path=" in msg and "train.jsonl" in msg and "looked for" in msg
