@@ -234,6 +234,14 @@ def test_plans_are_deterministic_and_async_beats_sync_with_stragglers():
     assert a1.events == a2.events and a1.steps == a2.steps
     sync = make_plan(world, "sync", 1e5, cfg.schedule)
     assert a1.round_end_s(6) > 0 and sync.round_end_s(6) > a1.round_end_s(6)
+    for plan in (a1, sync):  # the running max equals the max over each node's latest step
+        for t in range(0, 8):
+            latest = {}
+            for (i, r), st in plan.steps.items():
+                if r <= t and (i not in latest or r > latest[i].round_idx):
+                    latest[i] = st
+            expected = max((st.combine_s for st in latest.values()), default=0.0)
+            assert plan.round_end_s(t) == expected
     for plan in (a1, sync):
         for st in plan.steps.values():
             assert sum(rc.weight for rc in st.inbox) == pytest.approx(1.0)

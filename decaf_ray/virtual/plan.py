@@ -26,6 +26,7 @@ counts one meaning, so that with staleness 0 and equal speeds they give identica
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -77,11 +78,19 @@ class Plan:
     def round_end_s(self, round_idx: int) -> float:
         """Virtual time by which every node has combined round ``round_idx`` or stopped short of
         it: max_i combine_s of node i's latest step with round <= round_idx (monotone in t)."""
-        latest: dict[int, Step] = {}
-        for (i, t), st in self.steps.items():
-            if t <= round_idx and (i not in latest or t > latest[i].round_idx):
-                latest[i] = st
-        return max((st.combine_s for st in latest.values()), default=0.0)
+        ends = self._round_ends
+        return ends[min(round_idx, len(ends) - 1)] if round_idx > 0 else 0.0
+
+    @cached_property
+    def _round_ends(self) -> list[float]:
+        """round_end_s of rounds 0..last, in one pass: a node's combine times grow with its
+        rounds, so the max over latest steps is the running max over all steps so far."""
+        best = [0.0] * (self.last_round + 1)
+        for (_, t), st in self.steps.items():
+            best[t] = max(best[t], st.combine_s)
+        for t in range(1, len(best)):
+            best[t] = max(best[t], best[t - 1])
+        return best
 
 
 def weighted(
