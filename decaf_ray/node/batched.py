@@ -56,6 +56,11 @@ def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     return out
 
 
+def stackable(slots) -> bool:
+    """Whether every trainable module is a linear map (convolutional LoRA is not batched)."""
+    return all(isinstance(s.owner, nn.Linear) for s in slots.all())
+
+
 @contextmanager
 def stacked_modules(model: nn.Module, slots, stacks: dict[str, torch.Tensor]) -> Iterator[None]:
     """Temporarily replace each trainable linear map by a StackedLinear over ``stacks``.

@@ -16,6 +16,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +25,12 @@ from torch import nn
 from decaf_ray.algorithms import Adapter, Inbox, make_algorithm
 from decaf_ray.config import AlgorithmConfig, ModelConfig, RunConfig, TrainConfig
 from decaf_ray.data import Shard
-from decaf_ray.node.batched import plan_groups, train_group
-from decaf_ray.node.model import ParamSlots, build_peft_model
+from decaf_ray.node.batched import plan_groups, stackable, train_group
+from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
 from decaf_ray.node.state import NodeState, derived_seed, to_device
 from decaf_ray.node.tasks import make_task
+from decaf_ray.node.vision import view_of
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ class Host:
         self.slots = ParamSlots(self.model)
         self._init_std = float(getattr(self.model.config, "initializer_range", 0.02))
         self._shapes = {k: (tuple(p.shape), p.dtype) for k, p in self.slots.current().items()}
+        self._view = None
+        if spec.task == "image_classify":
+            folder = Path(model_path(spec.model)) if spec.model.name == "path" else None
+            self._view = view_of(self.model.config, folder, spec.model.image_size)
         self.nodes: dict[int, NodeState] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -122,9 +128,13 @@ class Host:
         with its own test split from ``local_evals`` when eval.on is local or both."""
         self.run = run
         self.algorithm = make_algorithm(run.algorithm)
-        self.task = make_task(self.spec.task, self.spec.num_labels, run.choices, run.pad_id)
+        self.task = make_task(
+            self.spec.task, self.spec.num_labels, run.choices, run.pad_id, self._view
+        )
         mode = run.train.batched_nodes
-        self.batched = mode == "on" or (mode == "auto" and self.device.type == "cuda")
+        self.batched = mode == "on" or (
+            mode == "auto" and self.device.type == "cuda" and stackable(self.slots)
+        )
         self.eval_set = to_device(eval_set, self.device)
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
         for i, local in (local_evals or {}).items():
@@ -142,7 +152,7 @@ class Host:
         params = {}
         for key, (shape, dtype) in self._shapes.items():
             if key.endswith(".A"):
-                value = (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(shape[1])
+                value = (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(math.prod(shape[1:]))
             elif key.endswith(".B") or len(shape) < 2:
                 value = torch.zeros(shape)
             else:
@@ -168,20 +178,33 @@ class Host:
         )
 
     def _adapter_from(self, arr: dict[str, np.ndarray]) -> Adapter:
+        """The factors as matrices whatever the layer: a convolution's A (r, in, kh, kw) is
+        the (r, in kh kw) matrix and its B (out, r, 1, 1) the (out, r) one, so B @ A is the
+        flattened kernel update and every algorithm and metric applies unchanged."""
         mods = self.slots.modules
         return Adapter(
-            A={m: arr[f"{m}.A"] for m in mods},
-            B={m: arr[f"{m}.B"] for m in mods},
+            A={m: arr[f"{m}.A"].reshape(arr[f"{m}.A"].shape[0], -1) for m in mods},
+            B={m: arr[f"{m}.B"].reshape(arr[f"{m}.B"].shape[0], -1) for m in mods},
             extra={s.key: arr[s.key] for s in self.slots.extra},
         )
 
+    def _layer_tensors(self, adapter: Adapter, device: torch.device | str) -> dict:
+        """The adapter's tensors in the layers' own shapes (any rank: the matrices' inner
+        size decides it), by slot key."""
+        out = {}
+        for m in self.slots.modules:
+            shape_a, shape_b = self._shapes[f"{m}.A"][0], self._shapes[f"{m}.B"][0]
+            a, b = _tensor(adapter.A[m], device), _tensor(adapter.B[m], device)
+            out[f"{m}.A"] = a.view(a.shape[0], *shape_a[1:])
+            out[f"{m}.B"] = b.view(b.shape[0], b.shape[1], *shape_b[2:])
+        for key, value in adapter.extra.items():
+            out[key] = _tensor(value, device)
+        return out
+
     def _load(self, node: NodeState, adapter: Adapter) -> None:
         with torch.no_grad():
-            for m in self.slots.modules:
-                node.params[f"{m}.A"].copy_(_tensor(adapter.A[m]))
-                node.params[f"{m}.B"].copy_(_tensor(adapter.B[m]))
-            for key, value in adapter.extra.items():
-                node.params[key].copy_(_tensor(value))
+            for key, value in self._layer_tensors(adapter, "cpu").items():
+                node.params[key].copy_(value)
 
     # ------------------------------------------------------------------ the three phases
 
@@ -270,13 +293,7 @@ class Host:
 
     def _install(self, adapter: Adapter) -> None:
         """Put ``adapter``'s tensors (plain tensors, not a node's parameters) into the model."""
-        params = {}
-        for m in self.slots.modules:
-            params[f"{m}.A"] = _tensor(adapter.A[m], self.device)
-            params[f"{m}.B"] = _tensor(adapter.B[m], self.device)
-        for key, value in adapter.extra.items():
-            params[key] = _tensor(value, self.device)
-        self.slots.install(params)
+        self.slots.install(self._layer_tensors(adapter, self.device))
 
 
 def keep_heap() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,13 +49,27 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def _architecture(cfg: ModelConfig, task: str, num_labels: int):
-    """(transformers config, auto class) of the base model for ``task``."""
+@dataclass(frozen=True)
+class BaseModel:
+    """How to make the frozen base model of a task: its (transformers-style) config, and
+    ``make(weights)``, which builds it with its pretrained weights or, with ``weights=False``
+    (the random tiny models, or a weightless copy on the meta device), without."""
+
+    config: Any
+    make: Callable[[bool], nn.Module]
+    kind: str  # what the task needs, for messages: "sequence classifier", "causal LM"...
+
+
+def _architecture(cfg: ModelConfig, task: str, num_labels: int) -> BaseModel:
+    """The base model of ``cfg`` for ``task``."""
+    if task == "image_classify":
+        return _vision(cfg, num_labels)
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         BertConfig,
+        GPT2Config,
         LlamaConfig,
     )
 
@@ -62,18 +78,84 @@ def _architecture(cfg: ModelConfig, task: str, num_labels: int):
         vocab = AutoConfig.from_pretrained(zoo.minilm_dir()).vocab_size
         if cfg.name == "tiny-bert":
             config = BertConfig(vocab_size=vocab, **kwargs, **zoo.TINY_BERT)
+        elif cfg.name == "tiny-gpt2":
+            config = GPT2Config(vocab_size=vocab, pad_token_id=0, **kwargs, **zoo.TINY_GPT2)
         else:
             config = LlamaConfig(vocab_size=vocab, pad_token_id=0, **kwargs, **zoo.TINY_LLAMA)
     else:
-        path = model_path(cfg)
-        if not (Path(path) / "config.json").is_file():
-            raise ValueError(
-                f"model.path={path!r} holds no config.json: give a transformers model folder "
-                "(one saved with save_pretrained)"
-            )
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        config = AutoConfig.from_pretrained(_folder(cfg), **kwargs)
     auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
-    return config, auto
+    kind = "causal LM" if task == "causal_lm" else "sequence classifier"
+    return _transformers(cfg, config, auto, kind)
+
+
+def _folder(cfg: ModelConfig) -> str:
+    path = model_path(cfg)
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(
+            f"model.path={path!r} holds no config.json: give a transformers model folder "
+            "(one saved with save_pretrained)"
+        )
+    return path
+
+
+def _transformers(cfg: ModelConfig, config, auto, kind: str, **load) -> BaseModel:
+    def make(weights: bool) -> nn.Module:
+        if weights and cfg.name not in zoo.RANDOM:
+            return auto.from_pretrained(model_path(cfg), config=config, dtype=torch.float32, **load)
+        # Auto classes build from a config with from_config, model classes (CLIP) directly
+        return auto.from_config(config) if hasattr(auto, "from_config") else auto(config)
+
+    return BaseModel(config, make, kind)
+
+
+def _vision(cfg: ModelConfig, num_labels: int) -> BaseModel:
+    """ViT-style classifiers, CLIP (zero-shot head) and EfficientNet-Lite0."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForImageClassification,
+        CLIPConfig,
+        CLIPModel,
+        ViTConfig,
+    )
+
+    kind = "image classifier"
+    if cfg.name == "efficientnet-lite0":
+        from decaf_ray.node import efficientnet
+
+        config = efficientnet.lite0_config(num_labels)
+        return BaseModel(
+            config, lambda weights: efficientnet.build_lite0(num_labels, weights), kind
+        )
+    if cfg.name == "tiny-vit":
+        config = ViTConfig(num_labels=num_labels, **zoo.TINY_VIT)
+    elif cfg.name == "tiny-clip":
+        tok = AutoConfig.from_pretrained(zoo.minilm_dir())
+        text = dict(
+            vocab_size=tok.vocab_size,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=101,  # MiniLM's [CLS] and [SEP]: the text tower pools at [SEP]
+            eos_token_id=102,
+            **zoo.TINY_CLIP_TOWER,
+        )
+        vision = dict(image_size=32, patch_size=8, **zoo.TINY_CLIP_TOWER)
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    else:
+        config = AutoConfig.from_pretrained(_folder(cfg))
+        if config.model_type != "clip":
+            config = AutoConfig.from_pretrained(model_path(cfg), num_labels=num_labels)
+    if config.model_type == "clip":
+        return _transformers(cfg, config, CLIPModel, kind)
+    # a checkpoint's own head (ImageNet's 1000 classes) is replaced by one for our labels
+    return _transformers(
+        cfg, config, AutoModelForImageClassification, kind, ignore_mismatched_sizes=True
+    )
+
+
+def image_head(config) -> str | None:
+    """The trainable classification head of a vision model (None: CLIP's zero-shot head,
+    which is the text tower itself)."""
+    return None if config.model_type == "clip" else "classifier"
 
 
 def target_modules(cfg: ModelConfig, config) -> list[str]:
@@ -97,60 +179,85 @@ def build_peft_model(cfg: ModelConfig, task: str, num_labels: int, seed: int) ->
 
     _quiet_transformers()
     torch.manual_seed(seed)  # a new classification head is random: same seed, same head
-    config, auto = _architecture(cfg, task, num_labels)
-    if cfg.name in zoo.RANDOM:
-        base = auto.from_config(config)
-    else:
-        base = auto.from_pretrained(model_path(cfg), config=config, dtype=torch.float32)
-    if getattr(base.config, "pad_token_id", None) is None:
+    arch = _architecture(cfg, task, num_labels)
+    base = arch.make(True)
+    if getattr(base.config, "pad_token_id", None) is None and task != "image_classify":
         base.config.pad_token_id = 0
-    targets = target_modules(cfg, config)
+    targets = target_modules(cfg, arch.config)
     _check_targets(base, cfg, targets)
+    if task == "image_classify":
+        head = image_head(arch.config)
+        extra = dict(modules_to_save=[head] if head else None)
+    else:
+        extra = dict(task_type="CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS")
     lora = LoraConfig(
-        task_type="CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS",
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=targets,
-        fan_in_fan_out=config.model_type == "gpt2",
+        fan_in_fan_out=arch.config.model_type == "gpt2",
+        **extra,
     )
     return get_peft_model(base, lora)
 
 
-def check_model(cfg: ModelConfig, task: str, num_labels: int) -> None:
+def check_model(cfg: ModelConfig, task: str, num_labels: int) -> Any:
     """Check architecture, target modules and rank on a weightless (meta-device) copy: fast,
-    on the driver, before any host starts."""
+    on the driver, before any host starts. Returns the model's config."""
     _quiet_transformers()
-    config, auto = _architecture(cfg, task, num_labels)
+    arch = _architecture(cfg, task, num_labels)
     try:
         with torch.device("meta"):
-            base = auto.from_config(config)
+            base = arch.make(False)
     except ValueError as exc:  # transformers: "Unrecognized configuration class ..."
-        kind = "causal LM" if task == "causal_lm" else "sequence classifier"
         raise ValueError(
-            f"task.name={task!r} needs a {kind}, but model {cfg.name!r} is a "
-            f"{config.model_type!r} model that transformers cannot build as one; choose "
+            f"task.name={task!r} needs a {arch.kind}, but model {cfg.name!r} is a "
+            f"{arch.config.model_type!r} model that transformers cannot build as one; choose "
             "another model or task"
         ) from exc
-    _check_targets(base, cfg, target_modules(cfg, config))
+    _check_targets(base, cfg, target_modules(cfg, arch.config))
+    if task == "image_classify":
+        head = image_head(arch.config)
+        if head is not None and head not in dict(base.named_children()):
+            raise ValueError(
+                f"model {cfg.name!r} ({arch.config.model_type}) has no classification head "
+                f"named {head!r}: give an image-classification or CLIP model folder"
+            )
+    return arch.config
+
+
+def _dims(layer: nn.Module) -> tuple[int, int] | None:
+    """(out, in) of the matrix LoRA factors in an adaptable layer: a linear map, GPT-2's
+    Conv1D (weight stored in x out) or a convolution (in: channels x kernel area)."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features, layer.in_features
+    if isinstance(layer, nn.Conv2d):
+        k = layer.kernel_size[0] * layer.kernel_size[1]
+        return layer.out_channels, layer.in_channels * k // layer.groups
+    if type(layer).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D
+        fan_in, fan_out = layer.weight.shape
+        return int(fan_out), int(fan_in)
+    return None
 
 
 def _check_targets(base: nn.Module, cfg: ModelConfig, targets: list[str]) -> None:
     leaves = {name.rsplit(".", 1)[-1]: m for name, m in base.named_modules()}
     for target in targets:
         layer = leaves.get(target)
-        if layer is None:
-            linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, nn.Linear)}
+        dims = None if layer is None else _dims(layer)
+        if dims is None:
+            adaptable = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if _dims(m) is not None}
             )
+            what = "no module named" if layer is None else "cannot adapt the module"
             raise ValueError(
-                f"model.target_modules: no module named {target!r}; linear layers are {linear}"
+                f"model.target_modules: {what} {target!r}; linear and convolution layers "
+                f"are {adaptable}"
             )
-        if isinstance(layer, nn.Linear) and cfg.r > min(layer.in_features, layer.out_features):
+        if cfg.r > min(dims):
             raise ValueError(
                 f"model.r={cfg.r} is larger than module {target!r} allows "
-                f"({layer.out_features} x {layer.in_features}); use r <= "
-                f"{min(layer.in_features, layer.out_features)}"
+                f"({dims[0]} x {dims[1]}); use r <= {min(dims)}"
             )
 
 

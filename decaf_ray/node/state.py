@@ -16,7 +16,8 @@ from torch import nn
 
 from decaf_ray.data import Shard
 
-# input_ids (b, L), attention_mask (b, L), labels (b,); causal LM: loss_mask (b, L), prompt_len (b,)
+# labels (b,) and input_ids (b, L), attention_mask (b, L); causal LM: loss_mask (b, L),
+# prompt_len (b,); images: pixels (b, H, W, C) uint8 instead of the token arrays
 Batch = dict[str, torch.Tensor]
 
 
@@ -26,12 +27,18 @@ def derived_seed(*parts: int) -> int:
 
 
 def to_device(shard: Shard, device: torch.device) -> Batch:
-    """The whole shard as long tensors on ``device`` (every array it holds)."""
-    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in shard.arrays().items()}
+    """The whole shard as tensors on ``device`` (every array it holds): token arrays as long,
+    images as they are stored (uint8)."""
+    return {
+        k: torch.tensor(v, dtype=torch.uint8 if k == "pixels" else torch.long, device=device)
+        for k, v in shard.arrays().items()
+    }
 
 
 def take_rows(data: Batch, idx: torch.Tensor) -> Batch:
-    """Rows ``idx`` of a tokenised set, trimmed to the longest sequence among them."""
+    """Rows ``idx`` of a set; token arrays trimmed to the longest sequence among them."""
+    if "attention_mask" not in data:
+        return {k: v[idx] for k, v in data.items()}
     mask = data["attention_mask"][idx]
     length = int(mask.sum(dim=1).max())
     return {k: v[idx, :length] if v.dim() == 2 else v[idx] for k, v in data.items()}
@@ -39,6 +46,8 @@ def take_rows(data: Batch, idx: torch.Tensor) -> Batch:
 
 def concat_rows(batches: list[Batch]) -> Batch:
     """Node-major concatenation of batches, padded to the longest sequence among them."""
+    if "input_ids" not in batches[0]:
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     length = max(b["input_ids"].shape[1] for b in batches)
 
     def pad(x: torch.Tensor) -> torch.Tensor:

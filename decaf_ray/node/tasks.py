@@ -6,6 +6,7 @@ held-out data. Batches are dicts of tensors (:mod:`decaf_ray.node.state`).
 
 - :class:`Classify`: a classification head on an encoder or decoder; cross-entropy per text;
   evaluation: loss, accuracy and macro-F1 (scikit-learn's definition).
+- :class:`ImageClassify`: the same on images, with a head or CLIP's zero-shot head.
 - :class:`CausalLM`: next-token training of a decoder on prompt + response, the loss masked
   to the response tokens (``loss_mask``). Evaluation: token-mean loss and perplexity over the
   responses; for labelled data, where each response is one of the class names (``choices``),
@@ -27,7 +28,7 @@ from torch import nn
 
 from decaf_ray.node.state import Batch, take_rows
 
-TASKS = ("classify", "causal_lm")
+TASKS = ("classify", "causal_lm", "image_classify")
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -65,12 +66,15 @@ class Classify(Task):
     def __init__(self, num_labels: int) -> None:
         self.num_labels = num_labels
 
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """(b, C) class scores of a batch."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return model(**batch).loss
+        return F.cross_entropy(self.logits(model, batch), batch["labels"])
 
     def node_losses(self, model: nn.Module, batch: Batch, k: int) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        per_row = F.cross_entropy(logits, batch["labels"], reduction="none")
+        per_row = F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
         return per_row.view(k, -1).mean(dim=1)
 
     @torch.no_grad()
@@ -80,15 +84,48 @@ class Classify(Task):
         loss_sum, preds = 0.0, []
         for idx in _chunks(n, batch_size):
             batch = take_rows(data, idx.to(data["labels"].device))
-            out = model(**batch)
-            loss_sum += float(out.loss) * len(idx)
-            preds.append(out.logits.argmax(-1).cpu())
+            logits = self.logits(model, batch)
+            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            preds.append(logits.argmax(-1).cpu())
         y_pred, y_true = torch.cat(preds).numpy(), data["labels"].cpu().numpy()
         return {
             "loss": loss_sum / n,
             "acc": float((y_pred == y_true).mean()),
             "f1": macro_f1(y_true, y_pred, self.num_labels),
         }
+
+
+class ImageClassify(Classify):
+    """Classification of images (``pixels``, uint8): a vision backbone with a head, or CLIP's
+    zero-shot head, whose logits are the scaled cosine similarities of the image embedding
+    with the embeddings of one prompt per class ("a photo of a {class}."), as in CLIP-LoRA:
+    the text tower (and its LoRA) runs on the C prompts with every batch."""
+
+    name = "image_classify"
+
+    def __init__(self, num_labels: int, view, class_text: Sequence[Sequence[int]] = ()) -> None:
+        super().__init__(num_labels)
+        self.view = view  # decaf_ray.node.vision.ImageView
+        self.class_text = [list(c) for c in class_text]  # CLIP: token ids of each prompt
+        self._text: dict[str, torch.Tensor] = {}
+
+    def _prompts(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if not self._text or self._text["input_ids"].device != device:
+            width = max(len(c) for c in self.class_text)
+            ids = torch.zeros((len(self.class_text), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for c, row in enumerate(self.class_text):
+                ids[c, : len(row)], mask[c, : len(row)] = torch.tensor(row), 1
+            self._text = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        return self._text
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x = self.view(batch["pixels"])
+        kwargs = {"interpolate_pos_encoding": True} if self.view.interpolate else {}
+        if self.class_text:
+            out = model(pixel_values=x, **self._prompts(x.device), **kwargs)
+            return out.logits_per_image
+        return model(pixel_values=x, **kwargs).logits
 
 
 def _cache_argument(model: nn.Module) -> str:
@@ -209,9 +246,13 @@ class CausalLM(Task):
         }
 
 
-def make_task(name: str, num_labels: int, choices=(), pad_id: int = 0) -> Task:
+def make_task(name: str, num_labels: int, choices=(), pad_id: int = 0, view=None) -> Task:
+    """The task ``name``; ``choices`` are token ids per class (causal_lm: each class name's
+    answer; image_classify with CLIP: each class's prompt), ``view`` an image task's input."""
     if name == "classify":
         return Classify(num_labels)
     if name == "causal_lm":
         return CausalLM(choices, pad_id)
+    if name == "image_classify":
+        return ImageClassify(num_labels, view, choices)
     raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")

