@@ -16,7 +16,7 @@ __all__ = [
     "train_test_split",
 ]
 
-PARTITION_SCHEMES: tuple[str, ...] = ("classes", "dirichlet", "iid")
+PARTITION_SCHEMES: tuple[str, ...] = ("classes", "dirichlet", "iid", "shots")
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
@@ -147,6 +147,23 @@ def _by_classes(
     return parts
 
 
+def _shots(
+    labels: np.ndarray, n_nodes: int, shots: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    if not isinstance(shots, int | np.integer) or isinstance(shots, bool) or shots < 1:
+        raise DataError(f"data.shots must be an integer >= 1, got {shots!r}")
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
+    for c, idx in sorted(_class_indices(labels, rng).items()):
+        if len(idx) < n_nodes * shots:
+            raise DataError(
+                f"class {c} has {len(idx)} training samples, fewer than {n_nodes} nodes x "
+                f"{shots} shots: lower data.shots or topology.n, or use more data"
+            )
+        for i in range(n_nodes):
+            parts[i].append(idx[i * shots : (i + 1) * shots])
+    return [np.concatenate(p) for p in parts]
+
+
 def partition(
     labels: np.ndarray,
     n_nodes: int,
@@ -154,6 +171,7 @@ def partition(
     *,
     alpha: float = 0.5,
     classes_per_node: int = 2,
+    shots: int = 4,
     seed: int = 0,
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` over ``n_nodes``; one sorted int64 array per node.
@@ -167,6 +185,8 @@ def partition(
         over a seeded class permutation (all classes covered when
         ``n_nodes * classes_per_node >= C``); each class's samples are split evenly among its
         holders. Classes held by no node are left out.
+      * ``shots``: few-shot, as CLIP-LoRA's benchmarks: each node holds ``shots`` samples of
+        every class, drawn without replacement; the rest are left out.
 
     Shards are disjoint; ``iid`` and ``dirichlet`` cover every sample.
     """
@@ -187,6 +207,8 @@ def partition(
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         parts = _iid(n_samples, n_nodes, rng)
+    elif scheme == "shots":
+        parts = _shots(labels, n_nodes, shots, rng)
     elif scheme == "dirichlet":
         if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
             raise DataError(

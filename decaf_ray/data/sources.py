@@ -6,7 +6,7 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class TextDataset:
     texts: tuple[str, ...]
     labels: np.ndarray
     class_names: tuple[str, ...]
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # more text columns
 
     def __post_init__(self) -> None:
         labels = np.array(self.labels, dtype=np.int64, copy=True).reshape(-1)
@@ -151,11 +152,9 @@ def _encode_labels(
     return np.asarray([lookup[s] for s in strs], dtype=np.int64), tuple(uniq_names)
 
 
-def _check_columns(
-    columns: Sequence[str], text_column: str, label_column: str, origin: str
-) -> None:
+def _check_columns(columns: Sequence[str], wanted: Sequence[str], origin: str) -> None:
     available = list(columns)
-    for col in (text_column, label_column):
+    for col in wanted:
         if col not in available:
             raise DataError(f"column {col!r} not found in {origin}; available columns: {available}")
 
@@ -165,21 +164,25 @@ def _build(
     labels_raw: Sequence[Any],
     origin: str,
     int_names: dict[int, str] | None = None,
+    fields_raw: dict[str, Sequence[Any]] | None = None,
 ) -> TextDataset:
-    """Drop rows with empty/NaN text or label, then encode labels."""
+    """Drop rows with empty/NaN text, label or field, then encode labels."""
+    fields_raw = fields_raw or {}
     texts: list[str] = []
     labels: list[Any] = []
-    for t, y in zip(texts_raw, labels_raw, strict=True):
-        if _is_missing(t) or _is_missing(y):
+    fields: dict[str, list[str]] = {k: [] for k in fields_raw}
+    for i, (t, y) in enumerate(zip(texts_raw, labels_raw, strict=True)):
+        extra = {k: v[i] for k, v in fields_raw.items()}
+        if _is_missing(t) or _is_missing(y) or any(_is_missing(v) for v in extra.values()):
             continue
-        text = str(t).strip()
-        if text:
-            texts.append(text)
-            labels.append(y)
+        texts.append(str(t).strip())
+        labels.append(y)
+        for k, v in extra.items():
+            fields[k].append(str(v).strip())
     if not texts:
         raise DataError(f"no usable rows (non-empty text and label) in {origin}")
     encoded, names = _encode_labels(labels, int_names)
-    return TextDataset(tuple(texts), encoded, names)
+    return TextDataset(tuple(texts), encoded, names, {k: tuple(v) for k, v in fields.items()})
 
 
 def read_table(path: str | os.PathLike[str] | None) -> tuple[pd.DataFrame, str]:
@@ -215,11 +218,15 @@ def read_table(path: str | os.PathLike[str] | None) -> tuple[pd.DataFrame, str]:
 
 
 def _load_file(
-    path: str | os.PathLike[str] | None, text_column: str, label_column: str
+    path: str | os.PathLike[str] | None,
+    text_column: str,
+    label_column: str,
+    fields: Sequence[str] = (),
 ) -> TextDataset:
     df, origin = read_table(path)
-    _check_columns([str(c) for c in df.columns], text_column, label_column, origin)
-    return _build(df[text_column].tolist(), df[label_column].tolist(), origin)
+    _check_columns([str(c) for c in df.columns], [text_column, label_column, *fields], origin)
+    extra = {f: df[f].tolist() for f in fields}
+    return _build(df[text_column].tolist(), df[label_column].tolist(), origin, None, extra)
 
 
 def read_saved_dataset(path: str | os.PathLike[str] | None) -> tuple[Any, str]:
@@ -250,19 +257,23 @@ def read_saved_dataset(path: str | os.PathLike[str] | None) -> tuple[Any, str]:
 
 
 def _load_hf(
-    path: str | os.PathLike[str] | None, text_column: str, label_column: str
+    path: str | os.PathLike[str] | None,
+    text_column: str,
+    label_column: str,
+    fields: Sequence[str] = (),
 ) -> TextDataset:
     import datasets
 
     ds, origin = read_saved_dataset(path)
-    _check_columns(list(ds.column_names), text_column, label_column, origin)
+    _check_columns(list(ds.column_names), [text_column, label_column, *fields], origin)
     feature = ds.features[label_column]
     int_names: dict[int, str] | None = None
     labels_raw: list[Any] = list(ds[label_column])
     if isinstance(feature, datasets.ClassLabel):
         int_names = dict(enumerate(feature.names))
         labels_raw = [None if y is None or y < 0 else y for y in labels_raw]  # -1 = unlabeled
-    return _build(ds[text_column], labels_raw, origin, int_names)
+    extra = {f: list(ds[f]) for f in fields}
+    return _build(ds[text_column], labels_raw, origin, int_names, extra)
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -273,8 +284,10 @@ def load_text_dataset(
     path: str | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    fields: Sequence[str] = (),
 ) -> TextDataset:
-    """Load a text-classification dataset.
+    """Load a text-classification dataset (with the text columns ``fields`` too, for
+    prompts that name them: BoolQ's question beside its passage).
 
     ``source``: ``"bbcnews"`` (bundled BBC News, 2,225 articles, 5 classes; cached),
     ``"file"`` (local .csv/.json/.jsonl/.parquet at ``path``) or ``"datasets"`` (a Hugging Face
@@ -286,7 +299,7 @@ def load_text_dataset(
     if key == "bbcnews":
         return _load_bbcnews()
     if key == "file":
-        return _load_file(path, text_column, label_column)
+        return _load_file(path, text_column, label_column, fields)
     if key == "datasets":
-        return _load_hf(path, text_column, label_column)
+        return _load_hf(path, text_column, label_column, fields)
     raise DataError(f"unknown data source {source!r}; known sources: {', '.join(KNOWN_SOURCES)}")
