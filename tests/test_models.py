@@ -92,13 +92,16 @@ def test_macro_f1_is_scikit_learns():
     assert metrics["acc"] == pytest.approx(float((y_pred == y_true).mean()))
 
 
-def test_batched_causal_lm_equals_sequential():
-    seq_host, _ = _host(tiny_config(**LLM, train__batched_nodes="off", model__same_init=False))
-    bat_host, _ = _host(
-        tiny_config(
-            **LLM, train__batched_nodes="on", model__same_init=False, train__batched_max_rows=16
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])  # nn.Linear and GPT-2's Conv1D
+def test_batched_causal_lm_equals_sequential(model):
+    llm = dict(LLM, model__name=model, model__same_init=False)
+    seq_host, _ = _host(tiny_config(**llm, train__batched_nodes="off"))
+    bat_host, _ = _host(tiny_config(**llm, train__batched_nodes="on", train__batched_max_rows=16))
+    if model == "tiny-gpt2":  # LoRA beside a Conv1D base layer, factors as nn.Linear
+        assert (
+            type(seq_host.model.base_model.model.transformer.h[0].attn.c_attn.base_layer).__name__
+            == "Conv1D"
         )
-    )
     for host in (seq_host, bat_host):
         for m in host.model.modules():
             if isinstance(m, nn.Dropout):
