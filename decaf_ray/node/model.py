@@ -123,9 +123,10 @@ def _vision(cfg: ModelConfig, num_labels: int) -> BaseModel:
     if cfg.name == "efficientnet-lite0":
         from decaf_ray.node import efficientnet
 
-        config = efficientnet.lite0_config(num_labels)
+        size = cfg.image_size or 224  # its "same" padding is fixed for one input size
+        config = efficientnet.Lite0Config(num_labels, image_size=size)
         return BaseModel(
-            config, lambda weights: efficientnet.build_lite0(num_labels, weights), kind
+            config, lambda weights: efficientnet.build_lite0(num_labels, weights, size), kind
         )
     if cfg.name == "tiny-vit":
         config = ViTConfig(num_labels=num_labels, **zoo.TINY_VIT)
