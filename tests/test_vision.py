@@ -179,3 +179,29 @@ def test_missing_image_folder_and_absent_targets_are_named_before_ray(tmp_path):
         )
     with pytest.raises(ValueError, match="no module named 'query'.*'q_proj'"):
         prepare(tiny_config(**VIT, model__target_modules=["query"]))
+
+
+LITE0 = dict(VIT, model__name="efficientnet-lite0", model__image_size=32, data__source="mnist")
+
+
+def test_conv_factors_travel_as_matrices_and_decaf_agrees_on_a_complete_graph(tmp_path):
+    """Lite0's 1x1 conv LoRA: A (r, in, 1, 1) and B (out, r, 1, 1) in the layers, (r, in) and
+    (out, r) in every message; decaf on a complete graph leaves one product everywhere."""
+    host, _ = _host(tiny_config(**LITE0, data__max_samples=120))
+    key = "backbone._conv_head"
+    layer_a = host.slots.current()[f"{key}.A"]
+    assert layer_a.shape == (4, 320, 1, 1)
+    adapter = host.adapter(0)
+    assert adapter.A[key].shape == (4, 320) and adapter.B[key].shape == (1280, 4)
+    restored = host._layer_tensors(adapter, "cpu")
+    assert restored[f"{key}.B"].shape == (1280, 4, 1, 1)
+    cfg = tiny_config(
+        **LITE0,
+        algorithm__name="decaf",
+        topology__name="complete",
+        train__rounds=1,
+        data__max_samples=120,
+    )
+    frame = run_in_process(cfg, tmp_path / "r")[1]
+    assert net(frame, "product_consensus").iloc[0] < 1e-12
+    assert net(frame, "factor_consensus_B").iloc[0] < 1e-12
