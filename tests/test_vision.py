@@ -205,3 +205,17 @@ def test_conv_factors_travel_as_matrices_and_decaf_agrees_on_a_complete_graph(tm
     frame = run_in_process(cfg, tmp_path / "r")[1]
     assert net(frame, "product_consensus").iloc[0] < 1e-12
     assert net(frame, "factor_consensus_B").iloc[0] < 1e-12
+
+
+def test_unknown_architecture_and_a_dataset_without_images_are_named(tmp_path):
+    import datasets
+
+    from decaf_ray.prepare import prepare
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "foo"}')
+    with pytest.raises(ValueError, match="holds a 'foo' model, an architecture transformers"):
+        prepare(tiny_config(**dict(VIT, model__name="path"), model__path=str(tmp_path / "m")))
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).save_to_disk(tmp_path / "d")
+    with pytest.raises(ValueError, match="has no column 'image'.*set data.image_column"):
+        prepare(tiny_config(**dict(VIT, data__source="datasets"), data__path=str(tmp_path / "d")))

@@ -83,7 +83,7 @@ def _architecture(cfg: ModelConfig, task: str, num_labels: int) -> BaseModel:
         else:
             config = LlamaConfig(vocab_size=vocab, pad_token_id=0, **kwargs, **zoo.TINY_LLAMA)
     else:
-        config = AutoConfig.from_pretrained(_folder(cfg), **kwargs)
+        config = _folder_config(cfg, **kwargs)
     auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     kind = "causal LM" if task == "causal_lm" else "sequence classifier"
     return _transformers(cfg, config, auto, kind)
@@ -97,6 +97,27 @@ def _folder(cfg: ModelConfig) -> str:
             "(one saved with save_pretrained)"
         )
     return path
+
+
+def _folder_config(cfg: ModelConfig, **kwargs):
+    """The config of the model folder, or one clear error when transformers does not know
+    its architecture."""
+    import json
+
+    from transformers import AutoConfig
+
+    path = _folder(cfg)
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (ValueError, KeyError) as exc:
+        import transformers
+
+        kind = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        raise ValueError(
+            f"model.path={path!r} holds a {kind!r} model, an architecture transformers "
+            f"{transformers.__version__} does not know: give a folder of a known one (llama, "
+            "qwen2, mistral, gpt2, bert, vit, clip...)"
+        ) from exc
 
 
 def _transformers(cfg: ModelConfig, config, auto, kind: str, **load) -> BaseModel:
@@ -142,9 +163,9 @@ def _vision(cfg: ModelConfig, num_labels: int) -> BaseModel:
         vision = dict(image_size=32, patch_size=8, **zoo.TINY_CLIP_TOWER)
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
     else:
-        config = AutoConfig.from_pretrained(_folder(cfg))
+        config = _folder_config(cfg)
         if config.model_type != "clip":
-            config = AutoConfig.from_pretrained(model_path(cfg), num_labels=num_labels)
+            config = _folder_config(cfg, num_labels=num_labels)
     if config.model_type == "clip":
         return _transformers(cfg, config, CLIPModel, kind)
     # a checkpoint's own head (ImageNet's 1000 classes) is replaced by one for our labels
