@@ -87,6 +87,14 @@ def _add_bench_parser(sub) -> None:
         default=list(d.small_nodes),
         help="node counts of the small-compute regime (max_length 32, batch 4); none to skip",
     )
+    b.add_argument(
+        "--llm-nodes",
+        type=int,
+        nargs="*",
+        default=list(d.llm_nodes),
+        help="node counts of the SmolLM2 causal-LM regime (max_length 48, batch 2; memory per "
+        "node from the first to the last); none to skip",
+    )
     b.add_argument("--tsvd-dim", type=int, default=d.tsvd_dim, help="d of the d x d TSVD")
     b.add_argument("--tsvd-dense-repeats", type=int, default=d.tsvd_dense_repeats)
     b.add_argument("--num-cpus", type=int, default=d.num_cpus, help="CPUs of the local Ray")
@@ -151,6 +159,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         local_steps=args.local_steps,
         rounds=args.rounds,
         small_nodes=tuple(args.small_nodes),
+        llm_nodes=tuple(args.llm_nodes),
         tsvd_dim=args.tsvd_dim,
         tsvd_dense_repeats=args.tsvd_dense_repeats,
         num_cpus=args.num_cpus,

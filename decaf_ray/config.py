@@ -80,6 +80,10 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration; small = strong label skew
     classes_per_node: int = 2
     shots: int = 4  # partition: shots: samples of every class per node (few-shot)
+    # what a non-IID partition splits by: the label, or (texts; prompt/response data have no
+    # labels) data.groups groups of the text's length or of k-means clusters of its words
+    split_by: Literal["label", "length", "cluster"] = "label"
+    groups: int = 5
     max_length: int = 64  # tokens per text
 
 
@@ -103,6 +107,10 @@ class ModelConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     same_init: bool = True  # every node starts from the same A (B is zero)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the frozen base's weights
+    init_lora_weights: Literal["default", "gaussian"] = "default"  # A's draw (B is zero)
+    use_rslora: bool = False  # scale the update by alpha / sqrt(r) instead of alpha / r
+    use_dora: bool = False  # DoRA: a trained magnitude per output, averaged like the head
 
 
 @dataclass(frozen=True)

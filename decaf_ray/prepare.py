@@ -27,6 +27,7 @@ from decaf_ray.data import (
     tokenize_prompts,
     train_test_split,
 )
+from decaf_ray.data.groups import text_groups
 from decaf_ray.data.images import load_image_dataset
 from decaf_ray.data.sources import read_saved_dataset, read_table
 from decaf_ray.node.model import check_model, load_tokenizer
@@ -104,6 +105,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     missing = missing_paths(cfg)
     if missing:
         raise ConfigError("missing input:\n  - " + "\n  - ".join(missing))
+    if cfg.model.dtype == "float16" and cfg.cluster.address is None:
+        import torch
+
+        if cfg.cluster.device == "cpu" or not torch.cuda.is_available():
+            raise ConfigError(
+                "model.dtype='float16' runs on GPUs only and this machine has none: use "
+                "model.dtype=bfloat16 (or float32) on CPUs"
+            )
     graph, Pi, gap = make_graph(cfg)
     n = Pi.shape[0]
     round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray
@@ -128,11 +137,17 @@ def prepare(cfg: RunConfig) -> Prepared:
             d.source, d.path, d.prompt_column, d.response_column, d.max_samples
         )
         labels, class_names = np.zeros(len(ds), dtype=np.int64), ()
-        if d.partition != "iid":
+        if d.partition != "iid" and d.split_by == "label":
             raise ConfigError(
                 f"data.partition={d.partition!r} splits by label, and prompt/response data "
-                "have none: use data.partition=iid"
+                "have none: use data.partition=iid, or split by data.split_by=length or cluster"
             )
+    split_keys = labels
+    if d.split_by != "label":
+        if task == "image_classify":
+            raise ConfigError(f"data.split_by={d.split_by!r} groups texts: images split by label")
+        texts = ds.texts if labelled else [p + " " + r for p, r in zip(ds.prompts, ds.responses)]
+        split_keys = text_groups(texts, d.split_by, d.groups, cfg.seed)
     keep = stratified_subsample(np.arange(len(ds)), labels, d.max_samples, cfg.seed)
     train_idx, test_idx = train_test_split(labels[keep], d.test_fraction, cfg.seed)
     train_idx, test_idx = keep[train_idx], keep[test_idx]
@@ -143,7 +158,7 @@ def prepare(cfg: RunConfig) -> Prepared:
             f"(topology.n) or more data (data.max_samples={d.max_samples})"
         )
     parts = partition(
-        labels[train_idx],
+        split_keys[train_idx],
         n,
         d.partition,
         alpha=d.alpha,

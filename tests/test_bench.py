@@ -34,3 +34,11 @@ def test_bench_config_never_evaluates_and_uses_every_core_slot():
 def test_cli_parses_bench_options():
     args = _parser().parse_args(["bench", "--nodes", "16", "64", "256", "--small-nodes"])
     assert args.nodes == [16, 64, 256] and args.small_nodes == [] and args.max_length == 64
+
+
+def test_llm_bench_config_is_smollm2_as_a_causal_lm_without_chat_template():
+    cfg = bench_config(16, 48, 2, 1, BenchOptions(rounds=4), "smollm2-135m")
+    assert cfg.model.name == "smollm2-135m" and cfg.task.name == "causal_lm"
+    assert not cfg.task.chat_template and cfg.data.max_length == 48
+    args = _parser().parse_args(["bench", "--llm-nodes"])
+    assert args.llm_nodes == [] and BenchOptions().llm_nodes == (8, 16)

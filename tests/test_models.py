@@ -220,3 +220,79 @@ def zoo_decode(folder, ids) -> str:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder).decode([int(i) for i in ids])
+
+
+def test_a_bfloat16_base_trains_float32_adapters_and_head():
+    host, _ = _host(tiny_config(model__dtype="bfloat16"))
+    base = host.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer
+    assert base.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in host.slots.current().values())
+    out = host.train(1)
+    assert all(np.isfinite(r.loss) for r in out.values())
+    adapter = out[0].adapter
+    assert all(x.dtype == np.float32 for x in [*adapter.A.values(), *adapter.extra.values()])
+    assert np.abs(adapter.B[next(iter(adapter.B))]).sum() > 0  # B moved from zero
+    causal, _ = _host(tiny_config(**LLM, model__dtype="bfloat16"))
+    assert all(np.isfinite(r.loss) for r in causal.train(1).values())
+
+
+def test_dora_magnitudes_start_at_the_base_norms_and_are_averaged_like_the_head():
+    host, _ = _host(tiny_config(model__use_dora=True, train__lr=5e-2))
+    keys = [k for k in host.slots.current() if k.endswith(".magnitude")]
+    assert len(keys) == 4  # query and value of both layers
+    layer = host.model.base_model.model.bert.encoder.layer[0].attention.self.query
+    norms = torch.linalg.norm(layer.base_layer.weight.detach(), dim=1)
+    key = "bert.encoder.layer.0.attention.self.query.magnitude"
+    torch.testing.assert_close(host.nodes[0].params[key].detach(), norms)
+    trained = host.train(1)
+    mags = [trained[i].adapter.extra[key] for i in range(2)]
+    assert not np.allclose(mags[0], norms.numpy())  # magnitudes train
+    inbox = [(0.5, trained[0].message), (0.5, trained[1].message)]
+    combined = host.combine({0: inbox, 1: inbox})
+    for i in (0, 1):
+        np.testing.assert_allclose(combined[i].adapter.extra[key], (mags[0] + mags[1]) / 2)
+
+
+def test_rslora_scaling_gaussian_init_and_float16_on_cpu():
+    from decaf_ray.prepare import prepare
+
+    host, _ = _host(tiny_config(model__use_rslora=True, model__init_lora_weights="gaussian"))
+    layer = host.model.base_model.model.bert.encoder.layer[0].attention.self.query
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # alpha / sqrt(r)
+    a = host.nodes[0].params["bert.encoder.layer.0.attention.self.query.A"].detach()
+    assert a.std().item() == pytest.approx(1 / 4, rel=0.2)  # peft's gaussian: N(0, 1/r^2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="model.dtype='float16' runs on GPUs only"):
+            prepare(tiny_config(model__dtype="float16"))
+
+
+@pytest.mark.parametrize("split_by", ["length", "cluster"])
+def test_prompt_data_split_non_iid_by_length_or_cluster(tmp_path, split_by):
+    from decaf_ray.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    short = [(f"name a fruit {i}", "apple banana") for i in range(40)]
+    long = [
+        (f"describe the engine of car {i} " + "with pistons " * 8, "cylinders torque " * 6)
+        for i in range(40)
+    ]
+    rows = short + long
+    rng.shuffle(rows)
+    path = tmp_path / "pr.jsonl"
+    pd.DataFrame(rows, columns=["prompt", "response"]).to_json(path, orient="records", lines=True)
+    cfg = tiny_config(
+        **LLM,
+        data__source="file",
+        data__path=str(path),
+        data__max_samples=None,
+        data__partition="classes",
+        data__classes_per_node=1,
+        data__split_by=split_by,
+        data__groups=2,
+    )
+    prep = prepare(cfg)
+    for shard in prep.shards.values():
+        lengths = shard.attention_mask.sum(axis=1)
+        assert (lengths > 30).all() or (lengths < 30).all()  # one kind of chat per node
+    kinds = {bool(s.attention_mask.sum(axis=1)[0] > 30) for s in prep.shards.values()}
+    assert kinds == {True, False}

@@ -219,3 +219,24 @@ def test_unknown_architecture_and_a_dataset_without_images_are_named(tmp_path):
     datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).save_to_disk(tmp_path / "d")
     with pytest.raises(ValueError, match="has no column 'image'.*set data.image_column"):
         prepare(tiny_config(**dict(VIT, data__source="datasets"), data__path=str(tmp_path / "d")))
+
+
+def test_decaf_on_conv_factors_is_the_dense_truncated_svd_of_the_mean_kernel_update():
+    """The TSVD of the mixed product of conv factors equals the best rank-r approximation of
+    the mean flattened kernel update (out x in kh kw), computed densely, and installs as
+    the conv update peft applies."""
+    host, _ = _host(tiny_config(**LITE0, data__max_samples=120, model__same_init=False))
+    trained = host.train(1)
+    key = "backbone._blocks.3._project_conv"
+    dense = sum(0.5 * trained[i].adapter.B[key] @ trained[i].adapter.A[key] for i in (0, 1))
+    u, sv, vt = np.linalg.svd(dense.astype(np.float64))
+    best = (u[:, :4] * sv[:4]) @ vt[:4]
+    inbox = [(0.5, trained[0].message), (0.5, trained[1].message)]
+    new = host.combine({0: inbox})[0].adapter
+    np.testing.assert_allclose(new.B[key] @ new.A[key], best, atol=1e-6)
+    layer = host.model.base_model.model.backbone._blocks[3]._project_conv
+    host._install(new)
+    delta = layer.get_delta_weight("default").detach().numpy()  # (out, in, 1, 1)
+    np.testing.assert_allclose(
+        delta.reshape(delta.shape[0], -1), layer.scaling["default"] * best, atol=1e-6
+    )

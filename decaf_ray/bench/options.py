@@ -19,6 +19,9 @@ class BenchOptions:
     small_nodes: tuple[int, ...] = (64,)  # small-compute regime; () skips it
     small_max_length: int = 32
     small_batch_size: int = 4
+    llm_nodes: tuple[int, ...] = (8, 16)  # SmolLM2 as a causal LM; () skips it
+    llm_max_length: int = 48
+    llm_batch_size: int = 2
     tsvd_dim: int = 4096
     tsvd_neighbours: int = 5
     tsvd_rank: int = 8

@@ -42,6 +42,8 @@ TARGETS = {  # from issue 4, for a 2-core CPU
     "overhead_256": 1.05,  # at 256 nodes and more
     "overhead_small": 1.25,  # small-compute regime (max_length 32, batch 4)
     "mb_per_node": 5.0,
+    "overhead_llm": 1.03,  # SmolLM2 at 16 nodes (issue 9)
+    "mb_per_llm_node": 8.0,  # its q/v adapter at r = 8 is 1.8 MB, plus AdamW moments
     "tsvd_speedup": 100.0,
 }
 
@@ -130,14 +132,22 @@ def bench_tsvd(opts: BenchOptions) -> list[Row]:
 
 
 def bench_config(
-    n: int, max_length: int, batch_size: int, local_steps: int, opts: BenchOptions
+    n: int,
+    max_length: int,
+    batch_size: int,
+    local_steps: int,
+    opts: BenchOptions,
+    model: str = "minilm",
 ) -> RunConfig:
-    """A decaf run on a ring with MiniLM + LoRA r = 8 that never evaluates: the benchmark
-    times ``opts.rounds`` rounds one by one, and a run evaluates only every ``eval.every``
-    rounds and after its last one, so both lie one round past them."""
+    """A decaf run on a ring with MiniLM (or SmolLM2 as a causal LM, its prompts without the
+    chat template) + LoRA r = 8 that never evaluates: the benchmark times ``opts.rounds``
+    rounds one by one, and a run evaluates only every ``eval.every`` rounds and after its
+    last one, so both lie one round past them."""
+    llm = model == "smollm2-135m"
     return config_from_dict(
         {
-            "name": f"bench-n{n}-L{max_length}-b{batch_size}",
+            "name": f"bench-{model}-n{n}-L{max_length}-b{batch_size}",
+            "task": {"name": "causal_lm", "chat_template": False} if llm else {},
             "seed": opts.seed,
             "algorithm": {"name": "decaf"},
             "topology": {"name": "ring", "n": n, "mixing": "uniform"},
@@ -147,7 +157,7 @@ def bench_config(
                 "partition": "iid",
                 "max_length": max_length,
             },
-            "model": {"name": "minilm", "r": 8, "alpha": 16},
+            "model": {"name": model, "r": 8, "alpha": 16},
             "train": {
                 "rounds": opts.rounds + 1,
                 "local_steps": local_steps,
@@ -251,6 +261,22 @@ def _overhead_row(s: dict, setting: str, bound: float) -> Row:
     )
 
 
+def _memory_row(figure: str, lo: dict, hi: dict, bound: float) -> Row:
+    """Host memory (PSS) per node added between two sizes of the same regime."""
+    per_node = (hi["host_pss_bytes"] - lo["host_pss_bytes"]) / (hi["n"] - lo["n"]) / 2**20
+    target, meets = _check(per_node, "<=", bound)
+    return Row(
+        figure,
+        f"n={lo['n']} -> {hi['n']}",
+        per_node,
+        "MiB",
+        target,
+        meets,
+        f"host PSS {lo['host_pss_bytes'] / 2**20:.0f} -> "
+        f"{hi['host_pss_bytes'] / 2**20:.0f} MiB over {hi['hosts']} hosts",
+    )
+
+
 def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.DataFrame]:
     """Overhead, memory and phase times of the engine, on one local Ray and one host pool."""
     from decaf_ray.engine import cluster
@@ -265,21 +291,31 @@ def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.Data
     summaries: list[tuple[str, dict]] = []
     frames = []
     try:
-        regimes = [(n, opts.max_length, opts.batch_size, False) for n in sorted(opts.nodes)]
-        regimes += [
-            (n, opts.small_max_length, opts.small_batch_size, True) for n in opts.small_nodes
+        regimes = [
+            (n, opts.max_length, opts.batch_size, "main", "minilm") for n in sorted(opts.nodes)
         ]
-        for k, (n, length, batch, small) in enumerate(regimes):
-            cfg = bench_config(n, length, batch, opts.local_steps, opts)
+        regimes += [
+            (n, opts.small_max_length, opts.small_batch_size, "small", "minilm")
+            for n in opts.small_nodes
+        ]
+        regimes += [
+            (n, opts.llm_max_length, opts.llm_batch_size, "llm", "smollm2-135m")
+            for n in sorted(opts.llm_nodes)
+        ]
+        for k, (n, length, batch, kind, model) in enumerate(regimes):
+            cfg = bench_config(n, length, batch, opts.local_steps, opts, model)
             setting = f"n={n}, L={length}, b={batch}, steps={opts.local_steps}"
+            if model != "minilm":
+                setting = f"{model}, {setting}"
             _say(f"overhead: {setting}")
             s, times = measure_round_overhead(cfg, opts.rounds, pool, run_root)
             frames.append(times)
-            summaries.append((setting, s))
-            bound = TARGETS[
-                "overhead_small" if small else "overhead" if n < 256 else "overhead_256"
-            ]
-            rows.append(_overhead_row(s, setting + (" (small compute)" if small else ""), bound))
+            summaries.append((kind, s))
+            bound = {"small": TARGETS["overhead_small"], "llm": TARGETS["overhead_llm"]}.get(
+                kind, TARGETS["overhead"] if n < 256 else TARGETS["overhead_256"]
+            )
+            label = setting + (" (small compute)" if kind == "small" else "")
+            rows.append(_overhead_row(s, label, bound))
             what = "host start + setup (cold)" if k == 0 else "host setup (warm hosts)"
             rows.append(Row(what, setting, s["setup_s"], "s", "", "", f"{s['hosts']} host actors"))
             for key in ("exchange_s", "combine_s", "metrics_s"):
@@ -298,24 +334,13 @@ def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.Data
         pool.clear()
         if started:
             cluster.shutdown()
-    main = [(st, s) for st, s in summaries[: len(opts.nodes)]]
-    if len(main) >= 2:
-        (_, lo), (_, hi) = main[0], main[-1]
-        if hi["n"] > lo["n"]:
-            per_node = (hi["host_pss_bytes"] - lo["host_pss_bytes"]) / (hi["n"] - lo["n"]) / 2**20
-            target, meets = _check(per_node, "<=", TARGETS["mb_per_node"])
-            rows.append(
-                Row(
-                    "memory per added node",
-                    f"n={lo['n']} -> {hi['n']}",
-                    per_node,
-                    "MiB",
-                    target,
-                    meets,
-                    f"host PSS {lo['host_pss_bytes'] / 2**20:.0f} -> "
-                    f"{hi['host_pss_bytes'] / 2**20:.0f} MiB over {hi['hosts']} hosts",
-                )
-            )
+    for kind, figure, bound in (
+        ("main", "memory per added node", TARGETS["mb_per_node"]),
+        ("llm", "memory per added SmolLM2 node", TARGETS["mb_per_llm_node"]),
+    ):
+        sizes = [s for k, s in summaries if k == kind]
+        if len(sizes) >= 2 and sizes[-1]["n"] > sizes[0]["n"]:
+            rows.append(_memory_row(figure, sizes[0], sizes[-1], bound))
     return rows, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -109,6 +109,11 @@ class Host:
         self.slots = ParamSlots(self.model)
         self._init_std = float(getattr(self.model.config, "initializer_range", 0.02))
         self._shapes = {k: (tuple(p.shape), p.dtype) for k, p in self.slots.current().items()}
+        self._initial_magnitudes = {
+            k: p.detach().cpu().clone()
+            for k, p in self.slots.current().items()
+            if k.endswith(".magnitude")
+        }
         self._view = None
         if spec.task == "image_classify":
             folder = Path(model_path(spec.model)) if spec.model.name == "path" else None
@@ -151,8 +156,12 @@ class Host:
         gen = torch.Generator().manual_seed(derived_seed(self.run.seed, who, 1))
         params = {}
         for key, (shape, dtype) in self._shapes.items():
-            if key.endswith(".A"):
+            if key.endswith(".A") and self.spec.model.init_lora_weights == "gaussian":
+                value = torch.randn(shape, generator=gen) / shape[0]  # peft's: N(0, 1/r^2)
+            elif key.endswith(".A"):
                 value = (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(math.prod(shape[1:]))
+            elif key.endswith(".magnitude"):  # DoRA: the base's column norms, as peft sets
+                value = self._initial_magnitudes[key].clone()
             elif key.endswith(".B") or len(shape) < 2:
                 value = torch.zeros(shape)
             else:

@@ -202,7 +202,7 @@ def build_peft_model(cfg: ModelConfig, task: str, num_labels: int, seed: int) ->
     _quiet_transformers()
     torch.manual_seed(seed)  # a new classification head is random: same seed, same head
     arch = _architecture(cfg, task, num_labels)
-    base = arch.make(True)
+    base = arch.make(True).to(getattr(torch, cfg.dtype))
     if getattr(base.config, "pad_token_id", None) is None and task != "image_classify":
         base.config.pad_token_id = 0
     targets = target_modules(cfg, arch.config)
@@ -218,9 +218,33 @@ def build_peft_model(cfg: ModelConfig, task: str, num_labels: int, seed: int) ->
         lora_dropout=cfg.dropout,
         target_modules=targets,
         fan_in_fan_out=arch.config.model_type == "gpt2",
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
         **extra,
     )
-    return get_peft_model(base, lora)
+    # LoRA factors stay float32 on a bfloat16/float16 base (peft casts around them)
+    model = get_peft_model(base, lora, autocast_adapter_dtype=True)
+    _float32_heads(model)
+    return model
+
+
+def _float32_heads(model: nn.Module) -> None:
+    """Keep every trainable tensor outside the LoRA layers (the head) in float32 on a
+    half-precision base: its input is cast up, so AdamW and the exchanged numpy arrays
+    are float32 whatever the base."""
+    from peft.tuners.lora import LoraLayer
+
+    lora = {id(p) for m in model.modules() if isinstance(m, LoraLayer) for p in m.parameters()}
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if isinstance(module, LoraLayer) or not own or id(own[0]) in lora:
+            continue
+        if all(p.dtype == torch.float32 for p in own):
+            continue
+        module.float()
+        module.register_forward_pre_hook(
+            lambda _m, args: tuple(a.float() if torch.is_floating_point(a) else a for a in args)
+        )
 
 
 def check_model(cfg: ModelConfig, task: str, num_labels: int) -> Any:
@@ -313,6 +337,9 @@ class ParamSlots:
                     )
                 )
                 lora_ids.update(id(p) for p in module.parameters())
+                magnitude = getattr(module, "lora_magnitude_vector", {})
+                if "default" in magnitude:  # DoRA: one magnitude per output, travels as an extra
+                    self.extra.append(Slot(f"{short}.magnitude", magnitude["default"], "weight"))
         for name, param in model.named_parameters():
             if param.requires_grad and id(param) not in lora_ids:
                 owner_name, attr = name.rsplit(".", 1)
