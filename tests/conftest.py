@@ -68,6 +68,24 @@ def tiny_config(**overrides):
     return config_from_dict(data)
 
 
+def net(frame, metric: str):
+    """The network-level series of ``metric`` (node == NETWORK), indexed by round."""
+    from decaf_ray.engine.log import NETWORK
+
+    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
+
+
+def host_of(cfg):
+    """One in-process host carrying every node of ``cfg``; returns (host, prepared)."""
+    from decaf_ray.node import Host, HostSpec, RunSpec
+    from decaf_ray.prepare import prepare
+
+    prep = prepare(cfg)
+    host = Host(HostSpec.of(cfg, prep.num_labels))
+    host.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
+    return host, prep
+
+
 def run_in_process(cfg, run_dir):
     """Run ``cfg`` on hosts in this process (no Ray); return (executor, metrics frame)."""
     from decaf_ray.engine.executor import Executor

@@ -6,15 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TIMING
-from decaf_ray.engine.log import NETWORK
+from conftest import TIMING, net
 
 ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
-
-
-def net(frame: pd.DataFrame, metric: str) -> pd.Series:
-    rows = frame[(frame.node == NETWORK) & (frame.metric == metric)]
-    return rows.set_index("round")["value"]
 
 
 def per_node(frame: pd.DataFrame, metric: str) -> pd.DataFrame:

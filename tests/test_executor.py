@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TIMING, run_in_process, tiny_config
+from conftest import TIMING, net, run_in_process, tiny_config
 from decaf_ray.engine.hosts import HostError
-from decaf_ray.engine.log import NETWORK
 
 PHASES = ("train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "round_wall_s")
 CHURN = dict(
@@ -24,10 +23,6 @@ CHURN = dict(
 def values(frame: pd.DataFrame) -> pd.Series:
     keep = frame[~frame.metric.isin(TIMING)]
     return keep.set_index(["round", "node", "metric"])["value"].sort_index()
-
-
-def net(frame: pd.DataFrame, metric: str) -> pd.Series:
-    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
 
 
 @pytest.mark.parametrize("mode", ["sync", "deadline", "async", "bounded"])

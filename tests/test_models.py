@@ -10,26 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_config
+from conftest import host_of, net, tiny_config
 from decaf_ray.config import ConfigError
 from decaf_ray.engine.log import NETWORK
 
 LLM = dict(task__name="causal_lm", model__name="tiny-llama", data__max_length=48)
 ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
-
-
-def net(frame: pd.DataFrame, metric: str) -> pd.Series:
-    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
-
-
-def _host(cfg):
-    from decaf_ray.node import Host, HostSpec, RunSpec
-    from decaf_ray.prepare import prepare
-
-    prep = prepare(cfg)
-    host = Host(HostSpec.of(cfg, prep.num_labels))
-    host.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
-    return host, prep
 
 
 def test_causal_rows_mask_the_answer_and_fit_the_length():
@@ -50,7 +36,7 @@ def test_choice_scores_equal_a_brute_force_likelihood():
     """The left-padded, logits_to_keep scoring equals summing log p over full forward passes."""
     from decaf_ray.node.tasks import CausalLM
 
-    host, prep = _host(tiny_config(**LLM, model__same_init=False, seed=5))
+    host, prep = host_of(tiny_config(**LLM, model__same_init=False, seed=5))
     task, model, data = host.task, host.model, host.eval_set
     model.eval()
     with torch.no_grad():  # perturb B so the adapter matters
@@ -79,7 +65,7 @@ def test_choice_scores_equal_a_brute_force_likelihood():
 def test_macro_f1_is_scikit_learns():
     from sklearn.metrics import f1_score
 
-    host, _ = _host(tiny_config(model__same_init=False))
+    host, _ = host_of(tiny_config(model__same_init=False))
     metrics = host.evaluate_adapter(host.adapter(0))
     with torch.no_grad():
         host.model.eval()
@@ -95,8 +81,8 @@ def test_macro_f1_is_scikit_learns():
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])  # nn.Linear and GPT-2's Conv1D
 def test_batched_causal_lm_equals_sequential(model):
     llm = dict(LLM, model__name=model, model__same_init=False)
-    seq_host, _ = _host(tiny_config(**llm, train__batched_nodes="off"))
-    bat_host, _ = _host(tiny_config(**llm, train__batched_nodes="on", train__batched_max_rows=16))
+    seq_host, _ = host_of(tiny_config(**llm, train__batched_nodes="off"))
+    bat_host, _ = host_of(tiny_config(**llm, train__batched_nodes="on", train__batched_max_rows=16))
     if model == "tiny-gpt2":  # LoRA beside a Conv1D base layer, factors as nn.Linear
         assert (
             type(seq_host.model.base_model.model.transformer.h[0].attn.c_attn.base_layer).__name__
@@ -223,7 +209,7 @@ def zoo_decode(folder, ids) -> str:
 
 
 def test_a_bfloat16_base_trains_float32_adapters_and_head():
-    host, _ = _host(tiny_config(model__dtype="bfloat16"))
+    host, _ = host_of(tiny_config(model__dtype="bfloat16"))
     base = host.model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer
     assert base.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in host.slots.current().values())
@@ -232,12 +218,12 @@ def test_a_bfloat16_base_trains_float32_adapters_and_head():
     adapter = out[0].adapter
     assert all(x.dtype == np.float32 for x in [*adapter.A.values(), *adapter.extra.values()])
     assert np.abs(adapter.B[next(iter(adapter.B))]).sum() > 0  # B moved from zero
-    causal, _ = _host(tiny_config(**LLM, model__dtype="bfloat16"))
+    causal, _ = host_of(tiny_config(**LLM, model__dtype="bfloat16"))
     assert all(np.isfinite(r.loss) for r in causal.train(1).values())
 
 
 def test_dora_magnitudes_start_at_the_base_norms_and_are_averaged_like_the_head():
-    host, _ = _host(tiny_config(model__use_dora=True, train__lr=5e-2))
+    host, _ = host_of(tiny_config(model__use_dora=True, train__lr=5e-2))
     keys = [k for k in host.slots.current() if k.endswith(".magnitude")]
     assert len(keys) == 4  # query and value of both layers
     layer = host.model.base_model.model.bert.encoder.layer[0].attention.self.query
@@ -256,7 +242,7 @@ def test_dora_magnitudes_start_at_the_base_norms_and_are_averaged_like_the_head(
 def test_rslora_scaling_gaussian_init_and_float16_on_cpu():
     from decaf_ray.prepare import prepare
 
-    host, _ = _host(tiny_config(model__use_rslora=True, model__init_lora_weights="gaussian"))
+    host, _ = host_of(tiny_config(model__use_rslora=True, model__init_lora_weights="gaussian"))
     layer = host.model.base_model.model.bert.encoder.layer[0].attention.self.query
     assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # alpha / sqrt(r)
     a = host.nodes[0].params["bert.encoder.layer.0.attention.self.query.A"].detach()

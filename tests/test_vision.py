@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from conftest import run_in_process, tiny_config
+from conftest import host_of, net, run_in_process, tiny_config
 from decaf_ray.config import ConfigError
 from decaf_ray.engine.log import NETWORK
 
 VIT = dict(task__name="image_classify", model__name="tiny-vit", data__source="digits")
 CLIP = dict(VIT, model__name="tiny-clip")
 ALGORITHMS = ["local", "fedavg", "dlora", "dlora_fa", "decaf"]
-
-
-def net(frame: pd.DataFrame, metric: str) -> pd.Series:
-    return frame[(frame.node == NETWORK) & (frame.metric == metric)].set_index("round").value
-
-
-def _host(cfg):
-    from decaf_ray.node import Host, HostSpec, RunSpec
-    from decaf_ray.prepare import prepare
-
-    prep = prepare(cfg)
-    host = Host(HostSpec.of(cfg, prep.num_labels))
-    host.setup(RunSpec.of(cfg, prep.choices, prep.pad_id), prep.shards, prep.eval_set)
-    return host, prep
 
 
 def test_bundled_digit_sets_load_with_their_labels():
@@ -86,7 +71,7 @@ def test_image_view_repeats_grey_resizes_and_normalises():
 def test_clip_logits_are_scaled_cosine_similarities_of_the_class_prompts():
     from decaf_ray.node.model import load_tokenizer
 
-    host, prep = _host(tiny_config(**CLIP))
+    host, prep = host_of(tiny_config(**CLIP))
     assert len(prep.choices) == 10 and not host.slots.extra  # no head: the text tower is it
     model, task = host.model, host.task
     model.eval()
@@ -145,8 +130,8 @@ def test_a_vit_learns_the_digits(tmp_path):
 
 def test_batched_vit_training_equals_sequential():
     cfg = dict(VIT, model__same_init=False)
-    seq_host, _ = _host(tiny_config(**cfg, train__batched_nodes="off"))
-    bat_host, _ = _host(tiny_config(**cfg, train__batched_nodes="on", train__batched_max_rows=16))
+    seq_host, _ = host_of(tiny_config(**cfg, train__batched_nodes="off"))
+    bat_host, _ = host_of(tiny_config(**cfg, train__batched_nodes="on", train__batched_max_rows=16))
     for t in (1, 2):
         a, b = seq_host.train(t), bat_host.train(t)
         for i in a:
@@ -187,7 +172,7 @@ LITE0 = dict(VIT, model__name="efficientnet-lite0", model__image_size=32, data__
 def test_conv_factors_travel_as_matrices_and_decaf_agrees_on_a_complete_graph(tmp_path):
     """Lite0's 1x1 conv LoRA: A (r, in, 1, 1) and B (out, r, 1, 1) in the layers, (r, in) and
     (out, r) in every message; decaf on a complete graph leaves one product everywhere."""
-    host, _ = _host(tiny_config(**LITE0, data__max_samples=120))
+    host, _ = host_of(tiny_config(**LITE0, data__max_samples=120))
     key = "backbone._conv_head"
     layer_a = host.slots.current()[f"{key}.A"]
     assert layer_a.shape == (4, 320, 1, 1)
@@ -225,7 +210,7 @@ def test_decaf_on_conv_factors_is_the_dense_truncated_svd_of_the_mean_kernel_upd
     """The TSVD of the mixed product of conv factors equals the best rank-r approximation of
     the mean flattened kernel update (out x in kh kw), computed densely, and installs as
     the conv update peft applies."""
-    host, _ = _host(tiny_config(**LITE0, data__max_samples=120, model__same_init=False))
+    host, _ = host_of(tiny_config(**LITE0, data__max_samples=120, model__same_init=False))
     trained = host.train(1)
     key = "backbone._blocks.3._project_conv"
     dense = sum(0.5 * trained[i].adapter.B[key] @ trained[i].adapter.A[key] for i in (0, 1))
