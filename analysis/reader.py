@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from decaf_ray.engine.log import read_metrics
+
 
 def find_runs(root: str | Path) -> list[Path]:
     """Every run folder (one holding config.yaml and metrics.parquet) under ``root``."""
@@ -38,7 +40,7 @@ def read_run(run_dir: str | Path, config_columns: Iterable[str] | None = None) -
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.parquet").exists():
         raise FileNotFoundError(f"{str(run_dir)!r} holds no metrics.parquet: is it a run folder?")
-    frame = pd.read_parquet(run_dir / "metrics.parquet")
+    frame = read_metrics(run_dir / "metrics.parquet")
     cfg = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     if config_columns is not None:
         cfg = {k: cfg[k] for k in config_columns}

@@ -111,7 +111,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("output.progress=false")
     cfg = load_config(args.config, overrides)
-    root, table = run(cfg, args.out)
+    from decaf_ray.engine import stopping
+
+    stopping.install()  # SIGINT / SIGTERM: stop after the round in flight
+    try:
+        root, table = run(cfg, args.out)
+    except stopping.RunStopped as stop:
+        print(
+            f"decaf-ray: {stop}; its metrics up to round {stop.round_idx} are in "
+            f"{stop.folder} (resuming is not available yet: rerun into a new --out)",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print("decaf-ray: stopped at once; metrics of completed rounds are saved", file=sys.stderr)
+        return 130
     import pandas as pd
 
     with pd.option_context(

@@ -151,6 +151,9 @@ class ClusterConfig:
 class OutputConfig:
     dir: str = "runs/out"
     progress: bool = True
+    # peft adapter folders at the end of a run: none, the network-average model, or all
+    # (every node's too): adapters/average, adapters/node-007 (load with PeftModel)
+    save_adapters: Literal["none", "average", "all"] = "average"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ import pandas as pd
 from decaf_ray.config import RunConfig, expand_sweep, save_config, to_dict
 from decaf_ray.engine.executor import Executor
 from decaf_ray.engine.log import NETWORK, MetricsLog
+from decaf_ray.engine.saving import save_adapters
+from decaf_ray.engine.stopping import RunStopped
 from decaf_ray.prepare import Prepared, prepare
+from decaf_ray.rundir import claim
 
 if TYPE_CHECKING:
     from decaf_ray.engine.cluster import HostPool
@@ -39,16 +42,19 @@ def run_one(
     """Simulate ``cfg`` into ``run_dir`` on Ray hosts from ``pool``; return its metrics."""
     from decaf_ray.engine.cluster import start_hosts
 
-    save_config(cfg, run_dir / "config.yaml")
-    prep = prep or prepare(cfg)
-    log = MetricsLog(run_dir)
-    t0 = time.perf_counter()
-    hosts = start_hosts(cfg, prep, pool)
-    setup_s = time.perf_counter() - t0
-    placement = hosts.placement()
-    (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
-    Executor(cfg, prep, hosts, log, setup_s).run()
-    return log.frame()
+    with claim(run_dir):
+        save_config(cfg, run_dir / "config.yaml")
+        prep = prep or prepare(cfg)
+        log = MetricsLog(run_dir)
+        t0 = time.perf_counter()
+        hosts = start_hosts(cfg, prep, pool)
+        setup_s = time.perf_counter() - t0
+        placement = hosts.placement()
+        (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
+        sim = Executor(cfg, prep, hosts, log, setup_s)
+        sim.run()
+        save_adapters(cfg, sim.final_states(), hosts, run_dir)
+        return log.frame()
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, float]:
@@ -99,7 +105,17 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     base = Path(out) if out else Path(cfg.output.dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
-    root.mkdir(parents=True, exist_ok=True)
+    with claim(root):  # a folder that holds a run, or is being written, is refused here
+        try:
+            return _run_all(configs, preps, root, cfg)
+        except RunStopped as stop:
+            stop.folder = root
+            raise
+
+
+def _run_all(
+    configs: list[RunConfig], preps: list[Prepared], root: Path, cfg: RunConfig
+) -> tuple[Path, pd.DataFrame]:
     from decaf_ray.engine import cluster  # Ray enters here, after every input is checked
 
     started = cluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)

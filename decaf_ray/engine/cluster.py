@@ -19,6 +19,7 @@ import ray
 
 from decaf_ray.algorithms import Adapter
 from decaf_ray.config import RunConfig
+from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, plan_hosts
 from decaf_ray.node import HostService, HostSpec, Part, RunSpec
 from decaf_ray.prepare import Prepared
@@ -35,7 +36,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": always a new cluster of this process, never one found running on the
+        # machine or named by RAY_ADDRESS (a local run stays local; --address joins one)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    stopping.reinstall()
     return True
 
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from decaf_ray.algorithms import make_algorithm
 from decaf_ray.config import RunConfig
+from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, Ticket
 from decaf_ray.engine.log import NETWORK, MetricsLog
 from decaf_ray.engine.network import average_drift, consensus_metrics, network_average
@@ -127,6 +128,14 @@ class Executor:
         self._last_logged_at = time.perf_counter()
         self._setup_logged = False
 
+    def final_states(self) -> dict[int, Part]:
+        """Each node's latest state (after the last round it ran)."""
+        latest: dict[int, tuple[int, Part]] = {}
+        for (i, t), part in self._final.items():
+            if i not in latest or t > latest[i][0]:
+                latest[i] = (t, part)
+        return {i: part for i, (_, part) in sorted(latest.items())}
+
     def held(self) -> dict[str, list[tuple[int, int]]]:
         """(node, round) keys of the values the executor still references, by kind: what
         keeps objects alive in the store (states, trained states, messages)."""
@@ -152,7 +161,13 @@ class Executor:
             unit="round",
             disable=not self.cfg.output.progress,
         )
+        stop_at = None
         while self._closed < last:
+            if stopping.requested() is not None and stop_at is None:
+                # finish every round already started, start none: a stop loses no round
+                started = [t for t, r in self._rounds.items() if r.started_at is not None]
+                stop_at = last = min(last, max(started, default=self._closed))
+                continue
             while self._submit_ready(last):
                 pass
             if self._advance(last, bar):
@@ -167,6 +182,8 @@ class Executor:
             self._advance(last, bar)
         bar.close()
         self.log.flush()
+        if stop_at is not None:
+            raise stopping.RunStopped(self.cfg.name, self._closed, stopping.requested())
 
     def _advance(self, last: int, bar: tqdm) -> bool:
         """Log every round that is complete, close every logged round whose evaluations are

@@ -117,6 +117,12 @@ class HostGroup(ABC):
         handle = self._call(0, "evaluate_adapter", adapter)
         return self._ticket("evaluation of the network average", round_idx, (), handle)
 
+    def adapter_files(self, host: int, named: dict[str, Any]) -> Ticket:
+        """peft adapter folders of ``named`` adapters (Parts or whole Adapters), as
+        {name: {file name: bytes}} made by ``host``: the driver writes them."""
+        handle = self._call(host, "adapter_files", named)
+        return self._ticket("saving adapters", 0, (), handle)
+
     def wait(self, tickets: Sequence[Ticket]) -> list[Ticket]:
         """Block until at least one of ``tickets`` is done; return every one that is."""
         by_handle = {t.handle: t for t in tickets}

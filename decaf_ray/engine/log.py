@@ -9,6 +9,8 @@ table. The column set is fixed here; ``analysis.read_runs`` is the reader.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -52,10 +54,30 @@ class MetricsLog:
                 "virtual_s": "float64",
             }
         )
-        frame.to_parquet(self.path / f"part-{self._parts:06d}.parquet", index=False)
+        # written aside, then renamed: a part is whole or absent (readers skip dot files)
+        final = self.path / f"part-{self._parts:06d}.parquet"
+        tmp = self.path / f".{final.name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
         self._parts += 1
         self._rows = []
 
     def frame(self) -> pd.DataFrame:
         self.flush()
-        return pd.read_parquet(self.path)
+        return read_metrics(self.path)
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """The metrics folder as one table; a part that cannot be read (torn by a crash of an
+    older version, or a full disk) is skipped and named on stderr."""
+    import pyarrow.parquet as pq
+
+    frames = []
+    for part in sorted(Path(path).glob("part-*.parquet")):
+        try:
+            frames.append(pq.read_table(part).to_pandas())
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            print(f"decaf-ray: skipped unreadable metrics part {part}: {exc}", file=sys.stderr)
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.concat(frames, ignore_index=True)

@@ -300,6 +300,26 @@ class Host:
         self._install(adapter)
         return self.task.evaluate(self.model, self.eval_set, self.run.eval_batch_size)
 
+    def adapter_files(self, adapter: Adapter) -> dict[str, bytes]:
+        """``adapter`` as the files of a peft adapter folder (adapter_model.safetensors,
+        adapter_config.json) for this base model. A wider adapter (the network average, rank
+        n r) is saved with its own rank and an alpha that keeps the layers' scaling, so
+        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model."""
+        import tempfile
+
+        self._install(adapter)
+        conf = self.model.peft_config["default"]
+        saved = (conf.r, conf.lora_alpha)
+        rank = next(iter(adapter.A.values())).shape[0]
+        grow = rank / conf.r
+        conf.r, conf.lora_alpha = rank, conf.lora_alpha * (grow**0.5 if conf.use_rslora else grow)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_pretrained(tmp)
+                return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        finally:
+            conf.r, conf.lora_alpha = saved
+
     def _install(self, adapter: Adapter) -> None:
         """Put ``adapter``'s tensors (plain tensors, not a node's parameters) into the model."""
         self.slots.install(self._layer_tensors(adapter, self.device))

@@ -167,6 +167,13 @@ class HostService:
         nodes = {i: Evaluation(self.host.evaluate_node(i, a)) for i, a in zip(states, adapters)}
         return Reply(nodes, time.perf_counter() - t0)
 
+    def adapter_files(self, named: dict[str, Part | Adapter]) -> dict[str, dict[str, bytes]]:
+        """Each named adapter (a stored state, or one given whole) as a peft adapter
+        folder's files."""
+        parts = {k: v for k, v in named.items() if isinstance(v, Part)}
+        fetched = dict(zip(parts, self.store.get_parts(list(parts.values()))))
+        return {k: self.host.adapter_files(fetched.get(k, v)) for k, v in named.items()}
+
     def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:
         """Held-out metrics of the model given as ``adapter`` (any rank), under node id -1
         (the whole network, as in the metrics)."""

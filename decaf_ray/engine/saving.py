@@ -1,0 +1,50 @@
+"""The fine-tuned adapters of a finished run, saved as peft adapter folders.
+
+``output.save_adapters``: ``average`` (the default) saves the network-average model, the one
+logged at node -1: the mean of every node's update, exactly (rank n r, so its size grows with
+n); ``all`` also saves each node's own adapter; ``none`` saves nothing. A host makes the files
+(it holds the peft model) and the driver writes them into the run folder, so the folder can
+live on the driver's machine of a cluster. Each folder loads with
+``PeftModel.from_pretrained(base_model, folder)`` on the run's base model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from decaf_ray.config import RunConfig
+from decaf_ray.engine.hosts import HostGroup
+from decaf_ray.engine.network import network_average
+from decaf_ray.node import Part
+
+
+def save_adapters(
+    cfg: RunConfig, states: dict[int, Part], hosts: HostGroup, run_dir: Path
+) -> list[Path]:
+    """Write the adapters ``cfg.output.save_adapters`` asks for; return their folders."""
+    how = cfg.output.save_adapters
+    if how == "none" or not states:
+        return []
+    tickets = []
+    if how == "all":
+        for k, block in enumerate(hosts.blocks):
+            named = {f"node-{i:03d}": states[i] for i in block if i in states}
+            tickets.append(hosts.adapter_files(k, named))
+    average = network_average(hosts.fetch(list(states.values())))
+    tickets.append(hosts.adapter_files(0, {"average": average}))
+    folders = []
+    for reply in hosts.gather(tickets):
+        for name, files in reply.items():
+            folders.append(_write(run_dir / "adapters" / name, files))
+    return sorted(folders)
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> Path:
+    """Each file written aside and renamed: a folder holds whole files or none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+    return folder

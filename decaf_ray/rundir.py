@@ -1,0 +1,69 @@
+"""A run folder belongs to exactly one run.
+
+:func:`claim` refuses a folder that already holds a run's files (two runs into one ``--out``
+would otherwise mix their metrics parts while ``config.yaml`` describes only one) and holds
+an exclusive lock on ``<folder>/.lock`` (``fcntl.flock``) while the run writes, so a second
+run started into the same folder at the same time is refused too. The lock dies with the
+process, so a killed run never leaves a folder locked; its files still mark it as taken.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from decaf_ray.config import ConfigError
+
+RUN_FILES = ("config.yaml", "metrics.parquet", "summary.csv", "placement.json")
+LOCK = ".lock"
+_held: set[Path] = set()  # folders this process has claimed (a sweep root is its run's too)
+
+
+class RunDirError(ConfigError):
+    """An output folder that cannot take this run."""
+
+
+def run_files(path: Path) -> list[str]:
+    """The files of an earlier run in ``path`` (empty: the folder can take a run)."""
+    return [name for name in RUN_FILES if (path / name).exists()]
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[Path]:
+    """Create ``path`` if needed, refuse it if it holds a run or another run writes into it,
+    and hold it for the duration of the block."""
+    path = Path(path).resolve()
+    if path in _held:  # the sweep root of this very run
+        yield path
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunDirError(f"cannot write the run folder {str(path)!r}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirError(
+            f"another run (pid {other}) is writing into {str(path)!r}: choose another --out"
+        ) from None
+    try:
+        taken = run_files(path)
+        if taken:
+            raise RunDirError(
+                f"{str(path)!r} already holds a run ({', '.join(taken)}): choose another "
+                "--out, or move that run away first (a run folder belongs to one run)"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _held.add(path)
+        yield path
+    finally:
+        _held.discard(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,124 @@
+"""A run folder belongs to one run: refused when taken or being written; parts are atomic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import run_in_process, tiny_config
+from decaf_ray.cli import main
+from decaf_ray.rundir import RunDirError, claim
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _listing(path: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*"))
+
+
+def test_a_folder_that_holds_a_run_is_refused_and_left_as_it_was(pool, tmp_path):
+    from decaf_ray.runner import run_one
+
+    run_dir = tmp_path / "r"
+    cfg = tiny_config(train__rounds=1)
+    run_one(cfg, run_dir, pool)
+    before = _listing(run_dir)
+    assert not list(run_dir.glob("metrics.parquet/.*"))  # no part left half-written
+    with pytest.raises(RunDirError, match="already holds a run \\(config.yaml, metrics.parquet"):
+        run_one(tiny_config(train__rounds=2, seed=9), run_dir, pool)
+    assert _listing(run_dir) == before
+
+
+def test_the_cli_refuses_an_out_that_holds_a_run_before_ray_starts(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("name: earlier\n")
+    code = main(["run", "runs/demo.yaml", "--out", str(tmp_path), "--set", "model.name=tiny-bert"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a run (config.yaml)" in err and "Traceback" not in err
+    assert (tmp_path / "config.yaml").read_text() == "name: earlier\n"
+
+
+def _claim_in_child(path: Path, then: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from decaf_ray.rundir import claim
+        try:
+            with claim(Path({str(path)!r})):
+                {then}
+        except Exception as exc:
+            print(exc); sys.exit(2)
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_folder_being_written_is_refused_to_a_second_process(tmp_path):
+    with claim(tmp_path / "r"):
+        child = _claim_in_child(tmp_path / "r", "pass")
+    assert child.returncode == 2
+    assert f"another run (pid {os.getpid()}) is writing into" in child.stdout
+
+
+def test_a_killed_run_leaves_no_lock_but_its_folder_stays_taken(tmp_path):
+    run_dir = tmp_path / "r"
+    child = _claim_in_child(run_dir, "os.kill(os.getpid(), 9)")
+    assert child.returncode == -9
+    with claim(run_dir):  # the lock died with the process; the folder holds no run files
+        pass
+    (run_dir / "config.yaml").write_text("name: killed\n")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        with claim(run_dir):
+            pass
+
+
+def test_a_torn_metrics_part_is_skipped_and_named(tmp_path, capsys):
+    from analysis import read_run
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    from decaf_ray.config import save_config
+
+    cfg = tiny_config(train__rounds=2)
+    save_config(cfg, run_dir / "config.yaml")
+    whole = run_in_process(cfg, run_dir)[1]
+    (run_dir / "metrics.parquet" / "part-999999.parquet").write_bytes(b"PAR1 torn")
+    frame = read_run(run_dir)
+    assert len(frame) == len(whole)
+    assert "skipped unreadable metrics part" in capsys.readouterr().err
+
+
+def test_saved_adapters_load_in_peft_and_give_the_logged_evaluation(pool, tmp_path):
+    """adapters/node-XXX and adapters/average are peft folders; loaded on the base model
+    with PeftModel.from_pretrained they score what the run logged."""
+    import torch
+    from peft import PeftModel
+
+    from decaf_ray.engine.log import NETWORK
+    from decaf_ray.node.model import _architecture
+    from decaf_ray.node.state import to_device
+    from decaf_ray.node.tasks import Classify
+    from decaf_ray.prepare import prepare
+    from decaf_ray.runner import run_one
+
+    cfg = tiny_config(output__save_adapters="all", train__rounds=2)
+    frame = run_one(cfg, tmp_path / "r", pool)
+    saved = sorted(p.name for p in (tmp_path / "r" / "adapters").iterdir())
+    assert saved == ["average", "node-000", "node-001", "node-002", "node-003"]
+    assert not list((tmp_path / "r" / "adapters").rglob(".*"))
+    prep = prepare(cfg)
+    data = to_device(prep.eval_set, torch.device("cpu"))
+    last = frame[(frame["round"] == 2) & (frame.metric == "eval_loss")].set_index("node").value
+    for name, node in (("node-002", 2), ("average", NETWORK)):
+        torch.manual_seed(0)  # the hosts' random tiny base is drawn from seed 0
+        base = _architecture(cfg.model, "classify", prep.num_labels).make(True)
+        model = PeftModel.from_pretrained(base, str(tmp_path / "r" / "adapters" / name))
+        got = Classify(prep.num_labels).evaluate(model, data, 64)
+        assert got["loss"] == pytest.approx(last[node], rel=1e-5), name

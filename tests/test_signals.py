@@ -1,0 +1,61 @@
+"""SIGINT and SIGTERM stop a run after the round in flight: metrics kept, no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from decaf_ray.engine.log import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """
+name: sig
+seed: 3
+topology: {name: ring, n: 4, mixing: uniform}
+data: {max_samples: 160, eval_samples: 40, max_length: 32}
+model: {name: tiny-bert, r: 4, alpha: 8}
+train: {rounds: 40, local_steps: 2, batch_size: 8}
+eval: {every: 1}
+schedule: {debug_sleep_s: {0: 0.3}}
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_round_in_flight(tmp_path, signum, code):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "decaf_ray.cli",
+            "run",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("metrics.parquet/part-*"))) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and f"stopped by {signum.name} after round" in err
+    stopped = int(err.split("after round ")[1].split(";")[0])
+    frame = read_metrics(out / "metrics.parquet")
+    assert 1 <= stopped < 40 and frame["round"].max() == stopped  # every completed round kept
+    assert set(frame[frame["round"] == stopped].metric) >= {"mean_node_acc", "train_loss"}
