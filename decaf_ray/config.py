@@ -334,6 +334,17 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("model.name='path' needs model.path (a transformers model directory)")
     if cfg.model.r < 1:
         p.append(f"model.r={cfg.model.r} must be at least 1")
+    if cfg.model.alpha <= 0:
+        p.append(f"model.alpha={cfg.model.alpha} must be positive (LoRA scales by alpha / r)")
+    if cfg.train.weight_decay < 0:
+        p.append(f"train.weight_decay={cfg.train.weight_decay} must be >= 0")
+    if cfg.cluster.num_cpus is not None and cfg.cluster.num_cpus < 1:
+        p.append(f"cluster.num_cpus={cfg.cluster.num_cpus} must be at least 1 (or null: all)")
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0"):
+        p.append(
+            f"name={cfg.name!r} must be a plain folder name (no '/', no '..'): runs go to "
+            "output.dir/<name>-<time>"
+        )
     p += _validate_task(cfg)
     if not 0.0 <= cfg.model.dropout < 1.0:
         p.append(f"model.dropout={cfg.model.dropout} must lie in [0, 1)")
@@ -454,6 +465,14 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
             p.append(f"schedule.churn entry {list(entry)} should be [node, leave, rejoin]")
     if any(v < 0 for v in s.debug_sleep_s.values()):
         p.append("schedule.debug_sleep_s values must be >= 0 seconds")
+    if n is not None:
+        for node in s.debug_sleep_s:
+            if not 0 <= int(node) < n:
+                p.append(f"schedule.debug_sleep_s names node {node}; nodes are 0..{n - 1}")
+        for link in s.link_loss:
+            ends = [int(x) for x in str(link).split("-") if x.strip().isdigit()]
+            if any(not 0 <= e < n for e in ends):
+                p.append(f"schedule.link_loss key {link!r} names a node outside 0..{n - 1}")
     if cfg.algorithm.name == "fedavg" and s.mode != "sync":
         p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not fedavg")
     if cfg.algorithm.name == "fedavg" and (s.churn or s.churn_p > 0):
@@ -502,6 +521,42 @@ def config_from_dict(data: dict) -> RunConfig:
     return cfg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(
+                    f"line {mark.line + 1}, column {mark.column + 1}: the key {key!r} is given "
+                    "twice in one mapping; keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML, or one ConfigError naming the file, line, column and problem."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(path)!r}, {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        text = str(exc.problem or exc.context or "").strip()
+        if "\\t" in text or "tab" in text:
+            text += " (YAML indents with spaces, never tabs)"
+        if "tag" in text:
+            text += " (configs are read with a safe loader: plain values only)"
+        raise ConfigError(f"config file {str(path)!r}, {where}: {text}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read YAML at ``path`` (or defaults when None), apply ``--set`` overrides, validate."""
     data: dict = {}
@@ -509,7 +564,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found; see runs/*.yaml for examples")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     for text in overrides:

@@ -105,14 +105,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     missing = missing_paths(cfg)
     if missing:
         raise ConfigError("missing input:\n  - " + "\n  - ".join(missing))
-    if cfg.model.dtype == "float16" and cfg.cluster.address is None:
-        import torch
-
-        if cfg.cluster.device == "cpu" or not torch.cuda.is_available():
-            raise ConfigError(
-                "model.dtype='float16' runs on GPUs only and this machine has none: use "
-                "model.dtype=bfloat16 (or float32) on CPUs"
-            )
+    _check_local_devices(cfg)
     graph, Pi, gap = make_graph(cfg)
     n = Pi.shape[0]
     round_mixings(cfg, Pi)  # a time-varying graph's matrices are checked here, before Ray
@@ -209,6 +202,29 @@ def prepare(cfg: RunConfig) -> Prepared:
         int(pad),
         local_evals,
     )
+
+
+def _check_local_devices(cfg: RunConfig) -> None:
+    """A local run asking for GPUs this machine lacks stops here, not in Ray's scheduler
+    (which would wait for them forever)."""
+    if cfg.cluster.address is not None:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    c = cfg.cluster
+    if c.device == "cuda" and gpus == 0:
+        raise ConfigError("cluster.device='cuda' but this machine has no CUDA GPU: use auto or cpu")
+    if c.gpus_per_host and c.gpus_per_host > gpus:
+        raise ConfigError(
+            f"cluster.gpus_per_host={c.gpus_per_host:g} is more than the {gpus} GPU(s) on this "
+            "machine: lower it, or leave it null to share what there is"
+        )
+    if cfg.model.dtype == "float16" and (c.device == "cpu" or gpus == 0):
+        raise ConfigError(
+            "model.dtype='float16' runs on GPUs only and this machine has none: use "
+            "model.dtype=bfloat16 (or float32) on CPUs"
+        )
 
 
 def prompt_fields(template: str) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import tiny_config
@@ -73,6 +76,13 @@ def test_invalid_mixing_matrix_given_directly():
         ),
         (["--set", 'schedule.churn=[[1, "a", 3]]'], "schedule.churn[0][1]='a'"),
         (["--set", "data.source=file", "--set", "data.path=/no/such.csv"], "/no/such.csv"),
+        (["--set", "model.alpha=0"], "model.alpha=0.0 must be positive"),
+        (["--set", "train.weight_decay=-1"], "train.weight_decay=-1.0 must be >= 0"),
+        (["--set", "cluster.num_cpus=0"], "cluster.num_cpus=0 must be at least 1"),
+        (["--set", "name=../escape"], "name='../escape' must be a plain folder name"),
+        (["--set", 'schedule.link_loss={"0-99": 0.5}'], "'0-99' names a node outside 0..9"),
+        (["--set", "schedule.debug_sleep_s={99: 1}"], "names node 99; nodes are 0..9"),
+        (["--set", "cluster.gpus_per_host=64"], "cluster.gpus_per_host=64 is more than the"),
     ],
 )
 def test_cli_reports_one_clear_line(args, needle, capsys, tmp_path):
@@ -96,3 +106,56 @@ def test_every_missing_path_is_named_in_one_message(tmp_path):
     msg = str(err.value)
     assert "model.path=" in msg and "Llama-2-7b-hf" in msg
     assert "data.path=" in msg and "train.jsonl" in msg and "looked for" in msg
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: a\nname: b\n", "line 2, column 1: the key 'name' is given twice"),
+        ("name: a\n\ttopology: {n: 3}\n", "line 2, column 1: found character"),
+        ("name: !!python/object:os.system x\n", "line 1, column 7: could not determine"),
+        ("topology: {n: 3\n", "line 2, column 1"),
+    ],
+)
+def test_yaml_that_does_not_parse_names_file_line_and_column(tmp_path, capsys, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize(
+    "labels, needle",
+    [
+        ([0.25, 1.5, 2.75, 0.5] * 10, "non-integer numbers (e.g. 0.25)"),
+        (["spam"] * 40, "single class ('spam')"),
+    ],
+)
+def test_labels_that_are_not_classes_are_refused(tmp_path, labels, needle):
+    from decaf_ray.data import load_text_dataset
+
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"t {i}" for i in range(40)], "label": labels}).to_csv(path)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        load_text_dataset("file", str(path))
+
+
+def test_dropped_rows_are_counted(tmp_path, capsys):
+    from decaf_ray.data import load_text_dataset
+
+    path = tmp_path / "d.csv"
+    texts = [f"t {i}" if i % 5 else "" for i in range(40)]
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(40)]}).to_csv(path)
+    assert len(load_text_dataset("file", str(path))) == 32
+    assert "dropped 8 of 40 rows" in capsys.readouterr().err
+
+
+def test_cuda_on_a_machine_without_it_stops_before_ray():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ConfigError, match="cluster.device='cuda' but this machine has no CUDA"):
+        prepare(tiny_config(cluster__device="cuda"))

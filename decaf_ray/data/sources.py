@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,13 @@ def _encode_labels(
             int_names[int(u)] if int_names and int(u) in int_names else str(int(u)) for u in uniq
         )
         return np.searchsorted(uniq, ints).astype(np.int64), names
+    floats = [v for v in raw if isinstance(v, float | np.floating)]
+    if floats and len(floats) == len(raw):
+        example = next(v for v in floats if not _is_integral(v))
+        raise DataError(
+            f"the label column holds non-integer numbers (e.g. {example!r}): labels must be "
+            "classes (names or integers), not a continuous target"
+        )
     strs = np.asarray([str(v).strip() for v in raw], dtype=object)
     uniq_names = sorted(set(strs.tolist()))
     lookup = {name: i for i, name in enumerate(uniq_names)}
@@ -181,7 +189,19 @@ def _build(
             fields[k].append(str(v).strip())
     if not texts:
         raise DataError(f"no usable rows (non-empty text and label) in {origin}")
+    dropped = len(texts_raw) - len(texts)
+    if dropped:
+        print(
+            f"decaf-ray: {origin}: dropped {dropped} of {len(texts_raw)} rows with an empty "
+            "text, label or prompt field",
+            file=sys.stderr,
+        )
     encoded, names = _encode_labels(labels, int_names)
+    if len(names) < 2:
+        raise DataError(
+            f"{origin} has a single class ({names[0]!r}) in its label column: classification "
+            "needs at least two"
+        )
     return TextDataset(tuple(texts), encoded, names, {k: tuple(v) for k, v in fields.items()})
 
 
