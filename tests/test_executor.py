@@ -135,3 +135,17 @@ def test_local_test_sets_score_each_node_on_its_own_data(run_local):
     assert not np.allclose(local, shared)
     only = run_local(algorithm__name="dlora", eval__on="local")
     assert "eval_acc" not in set(only.metric) and "eval_local_acc" in set(only.metric)
+
+
+def test_progress_off_a_terminal_is_one_line_every_few_rounds(tmp_path, capsys):
+    from decaf_ray.engine.progress import Progress
+
+    progress = Progress("p", 100, 0, enabled=True)  # pytest's stderr is not a terminal
+    for _ in range(100):
+        progress.update({"loss": "1.0"})
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 20 and lines[-1].startswith("p: round 100/100 (")
+    assert "\r" not in "".join(lines) and lines[0].endswith("loss=1.0")
+    run_in_process(tiny_config(output__progress=True), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "t: round 1/2" in err and "t: round 2/2" in err and "acc=" in err

@@ -31,7 +31,6 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from decaf_ray.algorithms import make_algorithm
 from decaf_ray.config import RunConfig
@@ -39,6 +38,7 @@ from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, Ticket
 from decaf_ray.engine.log import NETWORK, MetricsLog
 from decaf_ray.engine.network import average_drift, consensus_metrics, network_average
+from decaf_ray.engine.progress import Progress
 from decaf_ray.node import Combined, Evaluation, Part, Published, Reply
 from decaf_ray.prepare import Prepared
 from decaf_ray.virtual import Step, build_world, make_plan
@@ -154,13 +154,7 @@ class Executor:
             last = min(until_round, last)
         if not self._setup_logged:
             self._log_setup()
-        bar = tqdm(
-            total=last,
-            initial=self._closed,
-            desc=self.cfg.name,
-            unit="round",
-            disable=not self.cfg.output.progress,
-        )
+        bar = Progress(self.cfg.name, last, self._closed, self.cfg.output.progress)
         stop_at = None
         while self._closed < last:
             if stopping.requested() is not None and stop_at is None:
@@ -185,7 +179,7 @@ class Executor:
         if stop_at is not None:
             raise stopping.RunStopped(self.cfg.name, self._closed, stopping.requested())
 
-    def _advance(self, last: int, bar: tqdm) -> bool:
+    def _advance(self, last: int, bar: Progress) -> bool:
         """Log every round that is complete, close every logged round whose evaluations are
         back; True if anything moved."""
         moved = False
@@ -196,8 +190,7 @@ class Executor:
         while self._closed < self._logged and not self._rounds[self._closed + 1].evals_pending:
             self._closed += 1
             self._close_round(self._closed)
-            bar.update(1)
-            bar.set_postfix(self._progress())
+            bar.update(self._progress())
             moved = True
         return moved
 
