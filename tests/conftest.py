@@ -86,6 +86,24 @@ def host_of(cfg):
     return host, prep
 
 
+def assert_batched_equals_sequential(seq_host, bat_host, rounds=(1, 2)) -> None:
+    """Two hosts of one config, trained one node after another and in batched passes, give
+    the same losses and factors round after round (dropout off)."""
+    import numpy as np
+    from torch import nn
+
+    for host in (seq_host, bat_host):
+        for m in host.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+    for t in rounds:
+        a, b = seq_host.train(t), bat_host.train(t)
+        for i in a:
+            assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
+            for key, x in a[i].adapter.B.items():
+                np.testing.assert_allclose(b[i].adapter.B[key], x, rtol=1e-4, atol=1e-6)
+
+
 def run_in_process(cfg, run_dir):
     """Run ``cfg`` on hosts in this process (no Ray); return (executor, metrics frame)."""
     from decaf_ray.engine.executor import Executor

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
-from conftest import host_of, net, tiny_config
+from conftest import assert_batched_equals_sequential, host_of, net, tiny_config
 from decaf_ray.config import ConfigError
 from decaf_ray.engine.log import NETWORK
 
@@ -88,16 +87,7 @@ def test_batched_causal_lm_equals_sequential(model):
             type(seq_host.model.base_model.model.transformer.h[0].attn.c_attn.base_layer).__name__
             == "Conv1D"
         )
-    for host in (seq_host, bat_host):
-        for m in host.model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-    for t in (1, 2):
-        a, b = seq_host.train(t), bat_host.train(t)
-        for i in a:
-            assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
-            for key, x in a[i].adapter.B.items():
-                np.testing.assert_allclose(b[i].adapter.B[key], x, rtol=1e-4, atol=1e-6)
+    assert_batched_equals_sequential(seq_host, bat_host)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

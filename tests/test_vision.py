@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import host_of, net, run_in_process, tiny_config
+from conftest import assert_batched_equals_sequential, host_of, net, run_in_process, tiny_config
 from decaf_ray.config import ConfigError
 from decaf_ray.engine.log import NETWORK
 
@@ -132,12 +132,7 @@ def test_batched_vit_training_equals_sequential():
     cfg = dict(VIT, model__same_init=False)
     seq_host, _ = host_of(tiny_config(**cfg, train__batched_nodes="off"))
     bat_host, _ = host_of(tiny_config(**cfg, train__batched_nodes="on", train__batched_max_rows=16))
-    for t in (1, 2):
-        a, b = seq_host.train(t), bat_host.train(t)
-        for i in a:
-            assert b[i].loss == pytest.approx(a[i].loss, rel=1e-4)
-            for key, x in a[i].adapter.B.items():
-                np.testing.assert_allclose(b[i].adapter.B[key], x, rtol=1e-4, atol=1e-6)
+    assert_batched_equals_sequential(seq_host, bat_host)
 
 
 @pytest.mark.parametrize(
