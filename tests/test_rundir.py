@@ -96,7 +96,7 @@ def test_a_torn_metrics_part_is_skipped_and_named(tmp_path, capsys):
 
 
 def test_saved_adapters_load_in_peft_and_give_the_logged_evaluation(pool, tmp_path):
-    """adapters/node-XXX and adapters/average are peft folders; loaded on the base model
+    """adapters/node-<id> and adapters/average are peft folders; loaded on the base model
     with PeftModel.from_pretrained they score what the run logged."""
     import torch
     from peft import PeftModel
