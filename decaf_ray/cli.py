@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (bad input too)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         return _cmd_topologies(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line
+        if args.debug:
+            raise
         print(f"decaf-ray: error: {exc}", file=sys.stderr)
         return 2
 

@@ -159,3 +159,8 @@ def test_cuda_on_a_machine_without_it_stops_before_ray():
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(ConfigError, match="cluster.device='cuda' but this machine has no CUDA"):
         prepare(tiny_config(cluster__device="cuda"))
+
+
+def test_debug_shows_the_traceback_of_bad_input(tmp_path):
+    with pytest.raises(ConfigError, match="model.alpha=0.0 must be positive"):
+        main(["--debug", "run", "runs/demo.yaml", "--set", "model.alpha=0", "--out", str(tmp_path)])
