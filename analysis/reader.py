@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,9 +49,31 @@ def read_run(run_dir: str | Path, config_columns: Iterable[str] | None = None) -
     return frame.sort_values(["round", "metric", "node"], kind="stable").reset_index(drop=True)
 
 
+def _run_names(dirs: list[Path]) -> list[str]:
+    """Each run's folder name; where two runs share one (two sweeps of one config), the
+    paths of those runs below the folder common to all, e.g. ``demo-20261201-0955/demo-decaf``."""
+    names = [d.name for d in dirs]
+    if len(set(names)) == len(names):
+        return names
+    base = Path(os.path.commonpath([d.resolve() for d in dirs]))
+    return [
+        d.resolve().relative_to(base).as_posix() if names.count(d.name) > 1 else d.name
+        for d in dirs
+    ]
+
+
 def read_runs(*roots: str | Path, config_columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """All runs under the given folders in one long frame."""
+    """All runs under the given folders in one long frame; runs with no rows yet (stopped
+    before their first round) are left out. The ``run`` column tells runs apart (see
+    ``_run_names``)."""
     dirs = [d for r in roots for d in find_runs(r)]
     if not dirs:
         raise FileNotFoundError(f"no run folders under {[str(r) for r in roots]}")
-    return pd.concat([read_run(d, config_columns) for d in dirs], ignore_index=True)
+    frames = []
+    for d, name in zip(dirs, _run_names(dirs)):
+        frame = read_run(d, config_columns)
+        if len(frame):
+            frames.append(frame.assign(run=name))
+    if not frames:
+        raise FileNotFoundError(f"the runs under {[str(r) for r in roots]} hold no metrics yet")
+    return pd.concat(frames, ignore_index=True)
