@@ -16,6 +16,7 @@ EPILOG = """examples:
   decaf-ray run runs/llm_demo.yaml                    # SmolLM2 as a causal LM, 5 methods
   decaf-ray run runs/demo.yaml --address auto          # join a running Ray cluster
   decaf-ray topologies --n 16
+  decaf-ray report runs/out/demo-20261201-101500      # report.md, figures, CSV tables
 Results go to runs/out/<name>-<time>/ (config.yaml, metrics.parquet, summary.csv);
 read them with analysis.read_runs(folder)."""
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--n", type=int, default=16, help="number of nodes (default 16)")
     _add_bench_parser(sub)
+    _add_report_parser(sub)
     return p
 
 
@@ -188,11 +190,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report_parser(sub) -> None:
+    r = sub.add_parser(
+        "report",
+        help="write report.md, figures and summary tables of finished runs",
+        description="Read every run under the given run or sweep folders and write a report "
+        "folder: report.md (what was run, final values over seeds with 95% intervals, the "
+        "figures), one PNG per figure the runs have data for (consensus error, accuracy, "
+        "interference, spectral gap, label histograms, accuracy vs bytes, time to target), "
+        "summary.csv (each run's final and best values) and by_method.csv (mean, std, n, 95% "
+        "half-width over seeds). Needs matplotlib: pip install 'decaf-ray[plot]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  decaf-ray report runs/out/demo-20261201-101500\n"
+        "  decaf-ray report runs/out/ring-... runs/out/complete-... --out runs/out/compare",
+    )
+    r.add_argument("folders", nargs="+", metavar="FOLDER", help="a run or sweep folder")
+    r.add_argument("--out", default=None, help="report folder (default: FIRST_FOLDER/report)")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from analysis.report import write_report
+    except ModuleNotFoundError as exc:
+        if exc.name != "matplotlib":
+            raise
+        print(
+            "decaf-ray: error: the report draws with matplotlib, which is not installed: "
+            "install the plot extra: pip install 'decaf-ray[plot]'",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"report: {write_report(args.folders, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "report":
+            return _cmd_report(args)
         if args.command == "bench":
             return _cmd_bench(args)
         return _cmd_topologies(args)
