@@ -90,6 +90,16 @@ def _series_panel(
     return True
 
 
+def _log_y(ax: Axes) -> None:
+    """Log y; a line with no positive value (fedavg's consensus, dlora_fa's interference: 0)
+    cannot show on it, so its legend entry says so."""
+    ax.set_yscale("log")
+    for line in ax.get_lines():
+        if not (np.asarray(line.get_ydata(), dtype=float) > 0).any():
+            line.set_label(f"{line.get_label()} (0: off the log scale)")
+    ax.legend(fontsize=8)
+
+
 def plot_consensus(frame: pd.DataFrame) -> Figure | None:
     """Product consensus error (1/n) sum_i ||B_i A_i - mean_j B_j A_j||_F^2 against the
     round and against virtual time, log y."""
@@ -100,7 +110,7 @@ def plot_consensus(frame: pd.DataFrame) -> Figure | None:
     fig, axes = _figure(frame, "Product consensus error", 2)
     for ax, x in zip(axes, ("round", "virtual_s")):
         _series_panel(ax, frame, "product_consensus", x, colours, labels)
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_ylabel(_CONSENSUS)
     axes[0].set_title("per round")
     axes[1].set_title("per virtual second")
@@ -144,7 +154,7 @@ def plot_interference(frame: pd.DataFrame) -> Figure | None:
         panels.append(("tsvd_tail", "what decaf's TSVD drops", _TAIL))
     for ax, (metric, title, ylabel) in zip(axes, panels):
         _series_panel(ax, frame, metric, "round", colours, labels)
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_title(f"{title}\n(mean over nodes, sum over modules)", fontsize=10)
         ax.set_ylabel(ylabel)
     return fig

@@ -157,6 +157,13 @@ def test_consensus_lines_are_the_mean_over_seeds(frame):
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
 
 
+def test_a_line_of_zeros_on_a_log_axis_says_so_in_the_legend(frame):
+    zero = frame.copy()
+    decaf = (zero.metric == "product_consensus") & (zero["algorithm.name"] == "decaf")
+    zero.loc[decaf, "value"] = 0.0
+    assert _legend(plot_consensus(zero).axes[0]) == ["decaf (0: off the log scale)", "dlora"]
+
+
 def test_bytes_are_summed_over_nodes_and_cumulated_over_rounds(frame):
     ax = plot_accuracy_vs_bytes(frame).axes[0]
     line = next(ln for ln in ax.get_lines() if ln.get_label() == "decaf")
