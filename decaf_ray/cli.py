@@ -1,4 +1,4 @@
-"""Command line: ``decaf-ray run``, ``decaf-ray topologies``, ``decaf-ray bench``.
+"""Command line: ``decaf-ray run``, ``resume``, ``topologies``, ``bench``.
 
 Errors a user can fix (bad config, missing data, invalid graph) are printed as one message
 with exit status 2, never as a traceback.
@@ -15,6 +15,7 @@ EPILOG = """examples:
   decaf-ray run runs/straggler_study.yaml             # sync vs async vs bounded
   decaf-ray run runs/llm_demo.yaml                    # SmolLM2 as a causal LM, 5 methods
   decaf-ray run runs/demo.yaml --address auto          # join a running Ray cluster
+  decaf-ray resume runs/out/demo-20261201-101500      # go on after a stop or a crash
   decaf-ray topologies --n 16
   decaf-ray report runs/out/demo-20261201-101500      # report.md, figures, CSV tables
 Results go to runs/out/<name>-<time>/ (config.yaml, metrics.parquet, summary.csv);
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         help="join a Ray cluster ('auto' or HOST:PORT) instead of starting one",
     )
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_resume_parser(sub)
     t = sub.add_parser(
         "topologies",
         help="list graph builders and mixing rules",
@@ -66,6 +68,33 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     _add_report_parser(sub)
     return p
+
+
+def _add_resume_parser(sub) -> None:
+    r = sub.add_parser(
+        "resume",
+        help="go on with a stopped run or sweep from its latest checkpoint",
+        description="Continue the run (or sweep) in FOLDER from its latest checkpoint "
+        "(checkpoint.every rounds; also written when a run is stopped and at its end). The "
+        "metrics equal those of a run that was never stopped. A sweep resumes run by run: "
+        "finished runs are kept, unstarted ones run. The config is the folder's own; --set "
+        "may change only train.rounds (to extend a run; constant lr schedule), "
+        "output.progress / save_adapters, cluster.address / num_cpus and checkpoint.every / "
+        "keep: any other change is refused, naming the keys.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  decaf-ray resume runs/out/demo-20261201-101500\n"
+        "  decaf-ray resume runs/out/demo-20261201-101500/demo-decaf --set train.rounds=20",
+    )
+    r.add_argument("folder", help="a run or sweep folder written by `decaf-ray run`")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change an allowed key, e.g. --set train.rounds=20 (repeatable)",
+    )
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_bench_parser(sub) -> None:
@@ -116,20 +145,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("output.progress=false")
     cfg = load_config(args.config, overrides)
+    return _simulate(lambda: run(cfg, args.out))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from decaf_ray.runner import resume
+
+    overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("output.progress=false")
+    return _simulate(lambda: resume(args.folder, overrides))
+
+
+def _simulate(start) -> int:
+    """Run ``start()`` (a run or a resume) with signals handled; print its summary table."""
     from decaf_ray.engine import stopping
 
     stopping.install()  # SIGINT / SIGTERM: stop after the round in flight
     try:
-        root, table = run(cfg, args.out)
+        root, table = start()
     except stopping.RunStopped as stop:
         print(
-            f"decaf-ray: {stop}; its metrics up to round {stop.round_idx} are in "
-            f"{stop.folder} (resuming is not available yet: rerun into a new --out)",
+            f"decaf-ray: {stop}; its metrics and a checkpoint of round {stop.round_idx} are "
+            f"in {stop.folder}\nresume with: decaf-ray resume {stop.folder}",
             file=sys.stderr,
         )
         return stop.exit_code
     except KeyboardInterrupt:
-        print("decaf-ray: stopped at once; metrics of completed rounds are saved", file=sys.stderr)
+        print(
+            "decaf-ray: stopped at once; metrics of completed rounds and the latest checkpoint "
+            "are saved (decaf-ray resume FOLDER goes on from it)",
+            file=sys.stderr,
+        )
         return 130
     import pandas as pd
 
@@ -229,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "resume":
+            return _cmd_resume(args)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "bench":

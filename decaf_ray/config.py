@@ -157,6 +157,16 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Whole-simulation checkpoints in <run>/checkpoints/ (``decaf-ray resume`` reads them):
+    every ``every`` rounds, when a run is stopped by a signal, and at its end (0: at a stop
+    and at the end only); the latest ``keep`` are kept."""
+
+    every: int = 10
+    keep: int = 2
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     """When things happen, on a virtual clock (see decaf_ray/virtual/ and the README)."""
 
@@ -200,6 +210,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Optional sweep: dotted key -> list of values; each combination is one run.
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -362,6 +373,10 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"cluster.nodes_per_actor={cfg.cluster.nodes_per_actor} must be at least 1")
     if cfg.cluster.threads_per_host < 1:
         p.append(f"cluster.threads_per_host={cfg.cluster.threads_per_host} must be at least 1")
+    if cfg.checkpoint.every < 0:
+        p.append(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)")
+    if cfg.checkpoint.keep < 1:
+        p.append(f"checkpoint.keep={cfg.checkpoint.keep} must be at least 1")
     if cfg.cluster.gpus_per_host is not None and cfg.cluster.gpus_per_host < 0:
         p.append(f"cluster.gpus_per_host={cfg.cluster.gpus_per_host} must be >= 0")
     p += _validate_schedule(cfg)

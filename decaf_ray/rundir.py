@@ -17,7 +17,7 @@ from pathlib import Path
 
 from decaf_ray.config import ConfigError
 
-RUN_FILES = ("config.yaml", "metrics.parquet", "summary.csv", "placement.json")
+RUN_FILES = ("config.yaml", "metrics.parquet", "summary.csv", "placement.json", "sweep.yaml")
 LOCK = ".lock"
 _held: set[Path] = set()  # folders this process has claimed (a sweep root is its run's too)
 
@@ -32,9 +32,9 @@ def run_files(path: Path) -> list[str]:
 
 
 @contextmanager
-def claim(path: Path) -> Iterator[Path]:
-    """Create ``path`` if needed, refuse it if it holds a run or another run writes into it,
-    and hold it for the duration of the block."""
+def claim(path: Path, resume: bool = False) -> Iterator[Path]:
+    """Create ``path`` if needed, refuse it if it holds a run (unless ``resume``: it holds
+    this run) or another run writes into it, and hold it for the duration of the block."""
     path = Path(path).resolve()
     if path in _held:  # the sweep root of this very run
         yield path
@@ -54,7 +54,7 @@ def claim(path: Path) -> Iterator[Path]:
         ) from None
     try:
         taken = run_files(path)
-        if taken:
+        if taken and not resume:
             raise RunDirError(
                 f"{str(path)!r} already holds a run ({', '.join(taken)}): choose another "
                 "--out, or move that run away first (a run folder belongs to one run)"

@@ -8,19 +8,21 @@ cluster and one pool of warm hosts between its runs.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from decaf_ray.config import RunConfig, expand_sweep, save_config, to_dict
+from decaf_ray.config import RunConfig, expand_sweep, load_config, save_config, to_dict
+from decaf_ray.engine import checkpoint
 from decaf_ray.engine.executor import Executor
-from decaf_ray.engine.log import NETWORK, MetricsLog
+from decaf_ray.engine.log import NETWORK, MetricsLog, read_metrics
 from decaf_ray.engine.saving import save_adapters
 from decaf_ray.engine.stopping import RunStopped
 from decaf_ray.prepare import Prepared, prepare
-from decaf_ray.rundir import claim
+from decaf_ray.rundir import RunDirError, claim
 
 if TYPE_CHECKING:
     from decaf_ray.engine.cluster import HostPool
@@ -37,24 +39,60 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 
 def run_one(
-    cfg: RunConfig, run_dir: Path, pool: HostPool, prep: Prepared | None = None
+    cfg: RunConfig,
+    run_dir: Path,
+    pool: HostPool,
+    prep: Prepared | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
-    """Simulate ``cfg`` into ``run_dir`` on Ray hosts from ``pool``; return its metrics."""
+    """Simulate ``cfg`` into ``run_dir`` on Ray hosts from ``pool``; return its metrics.
+
+    ``resume``: ``run_dir`` holds this run, stopped; go on from its latest checkpoint (or
+    from the start if it has none), redoing only the rounds after it."""
     from decaf_ray.engine.cluster import start_hosts
 
-    with claim(run_dir):
+    with claim(run_dir, resume=resume):
+        saved = checkpoint.latest(run_dir) if resume else None
         save_config(cfg, run_dir / "config.yaml")
         prep = prep or prepare(cfg)
-        log = MetricsLog(run_dir)
+        log = MetricsLog(run_dir, keep_parts=saved.parts if saved else 0)
         t0 = time.perf_counter()
         hosts = start_hosts(cfg, prep, pool)
         setup_s = time.perf_counter() - t0
         placement = hosts.placement()
         (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
         sim = Executor(cfg, prep, hosts, log, setup_s)
-        sim.run()
+        if saved:
+            hosts.restore(saved.nodes)
+            sim.restore(saved.book, saved.values)
+            del saved  # the driver's copy of every adapter: free it before the run goes on
+        sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
         save_adapters(cfg, sim.final_states(), hosts, run_dir)
         return log.frame()
+
+
+def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int) -> Path:
+    """Checkpoint ``sim`` between rounds; its write time and size become the metrics
+    ``checkpoint_s`` and ``checkpoint_mb`` of the round, in a part of their own (the
+    checkpoint counts that part as written: its rows describe the checkpoint itself)."""
+    t0 = time.perf_counter()
+    sim.log.flush()
+    folder = checkpoint.save(
+        run_dir,
+        to_dict(cfg),
+        round_idx,
+        round_idx == sim.plan.last_round,
+        sim.hosts.snapshot(),
+        sim.held_values(),
+        sim.bookkeeping(),
+        sim.log.parts + 1,
+        cfg.checkpoint.keep,
+    )
+    when = sim.plan.round_end_s(round_idx)
+    sim.log.add(round_idx, NETWORK, "checkpoint_s", time.perf_counter() - t0, when)
+    sim.log.add(round_idx, NETWORK, "checkpoint_mb", checkpoint.size_bytes(folder) / 2**20, when)
+    sim.log.flush()
+    return folder
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, float]:
@@ -106,30 +144,96 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
     with claim(root):  # a folder that holds a run, or is being written, is refused here
-        try:
-            return _run_all(configs, preps, root, cfg)
-        except RunStopped as stop:
-            stop.folder = root
-            raise
+        if len(configs) > 1:  # the sweep itself, so that `decaf-ray resume` can finish it
+            save_config(cfg, root / "sweep.yaml")
+        return _run_all(configs, preps, root, cfg, resume=False)
+
+
+def resume(folder: Path, overrides: list[str] = ()) -> tuple[Path, pd.DataFrame]:
+    """Go on with the stopped run (or sweep) in ``folder``: each run from its latest
+    checkpoint, a sweep's finished runs skipped and its unstarted ones started. ``overrides``
+    may change only :data:`~decaf_ray.engine.checkpoint.MAY_CHANGE` keys (e.g.
+    ``train.rounds`` to extend a finished run)."""
+    folder = Path(folder)
+    sweep = folder / "sweep.yaml"
+    source = sweep if sweep.exists() else folder / "config.yaml"
+    if not source.exists():
+        raise RunDirError(
+            f"{str(folder)!r} holds no run to resume (no config.yaml or sweep.yaml): give the "
+            "folder that `decaf-ray run` printed"
+        )
+    cfg = load_config(source, list(overrides))
+    configs = expand_sweep(cfg)
+    dirs = [folder / c.name for c in configs] if sweep.exists() else [folder]
+    todo = [(c, d) for c, d in zip(configs, dirs) if not _finished(c, d)]
+    preps = prepare_all([c for c, _ in todo])  # every bad input fails here, before Ray starts
+    with claim(folder, resume=True):
+        return _run_all(configs, preps, folder, cfg, resume=True)
+
+
+def _finished(cfg: RunConfig, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds ``cfg``'s run complete; refuse one made with another config
+    (keys a resume may change aside), naming the keys that differ."""
+    meta = checkpoint.latest_meta(run_dir)
+    if meta is None:
+        return False
+    changed = checkpoint.changed_keys(meta["config"], to_dict(cfg))
+    fixed = [k for k in changed if k not in checkpoint.MAY_CHANGE]
+    if fixed:
+        raise RunDirError(
+            f"cannot resume {str(run_dir)!r} with a changed config: {', '.join(fixed)} "
+            f"differ from its checkpoint of round {meta['round']} (a resume may change only "
+            f"{', '.join(checkpoint.MAY_CHANGE)}): start a new run instead"
+        )
+    if "train.rounds" in changed:
+        if cfg.train.rounds < meta["round"]:
+            raise RunDirError(
+                f"train.rounds={cfg.train.rounds} is before the checkpoint of round "
+                f"{meta['round']} in {str(run_dir)!r}: a resume can only go forward"
+            )
+        if cfg.train.lr_schedule != "constant":
+            raise RunDirError(
+                f"train.rounds may change on resume only with train.lr_schedule=constant "
+                f"(the {cfg.train.lr_schedule!r} schedule depends on the number of rounds)"
+            )
+    return meta["round"] >= cfg.train.rounds and meta["complete"]
 
 
 def _run_all(
-    configs: list[RunConfig], preps: list[Prepared], root: Path, cfg: RunConfig
+    configs: list[RunConfig],
+    preps: list[Prepared],
+    root: Path,
+    cfg: RunConfig,
+    resume: bool,
 ) -> tuple[Path, pd.DataFrame]:
+    """Run each config (resume: each unfinished one, in place) and write summary.csv."""
     from decaf_ray.engine import cluster  # Ray enters here, after every input is checked
 
-    started = cluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
-    pool = cluster.HostPool()
+    sweep = len(configs) > 1
     rows = []
+    preps_left = iter(preps)
+    started = pool = None
     try:
-        for c, prep in zip(configs, preps):
-            run_dir = new_run_dir(root, c.name) if len(configs) > 1 else root
-            frame = run_one(c, run_dir, pool, prep)
+        for c in configs:
+            run_dir = (root / c.name if resume else new_run_dir(root, c.name)) if sweep else root
+            if resume and _finished(c, run_dir):
+                frame = read_metrics(run_dir / "metrics.parquet")
+                print(f"decaf-ray: {c.name} is complete: kept as it is", file=sys.stderr)
+            else:
+                if pool is None:
+                    started = cluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
+                    pool = cluster.HostPool()
+                prep = next(preps_left)
+                frame = run_one(c, run_dir, pool, prep, resume=resume and run_dir.exists())
             rows.append({"run": c.name, "algorithm": c.algorithm.name, **summarise(frame)})
             table = pd.DataFrame(rows).set_index("run")
             table.to_csv(root / "summary.csv")  # rewritten after each run: a failure keeps it
+    except RunStopped as stop:
+        stop.folder = root
+        raise
     finally:
-        pool.clear()
+        if pool is not None:
+            pool.clear()
         if started:
             cluster.shutdown()
     return root, table

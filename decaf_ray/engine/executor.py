@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from decaf_ray.algorithms import make_algorithm
+from decaf_ray.algorithms import Adapter, make_algorithm
 from decaf_ray.config import RunConfig
 from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, Ticket
@@ -92,28 +93,10 @@ class Executor:
         self.world = build_world(cfg, prep.Pi)
         self.message_bytes = hosts.message_bytes()
         self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
-        talks = self.algorithm.communicates
-        server = self.algorithm.uses_server
-
-        self._ops: dict[int, deque[_Op]] = {i: deque() for i in range(self.n)}
         self._round_steps: dict[int, list[Step]] = defaultdict(list)
-        # pending readers of each stored value: ("message"|"state", node, round), ("server", t)
-        self._readers: Counter = Counter()
-        for (i, t), st in sorted(self.plan.steps.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (_, t), st in sorted(self.plan.steps.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             self._round_steps[t].append(st)
-            if st.rejoin and talks:
-                self._ops[i].append(_Op("rejoin", st))
-                self._readers.update(("state", rc.sender, rc.sender_round) for rc in st.rejoin)
-            self._ops[i].append(_Op("train", st))
-            if talks:
-                self._ops[i].append(_Op("combine", st))
-                if server:
-                    self._readers[("server", t)] += 1
-                else:
-                    self._readers.update(("message", rc.sender, rc.sender_round) for rc in st.inbox)
-        self._rounds = {
-            t: _Round(len(self._round_steps[t])) for t in range(1, self.plan.last_round + 1)
-        }
+        self._queue()
         # stored values, by (node, round); round 0 of _final is the initial state
         self._final: dict[tuple[int, int], Part] = {
             (i, 0): part for i, part in hosts.states().items()
@@ -127,6 +110,35 @@ class Executor:
         self._logged = self._closed = 0  # last round logged / logged and evaluated
         self._last_logged_at = time.perf_counter()
         self._setup_logged = False
+
+    def _queue(self) -> None:
+        """Queue each node's operations in plan order; count the readers of every value."""
+        talks = self.algorithm.communicates
+        self._ops: dict[int, deque[_Op]] = {i: deque() for i in range(self.n)}
+        self._consumed: Counter = Counter()  # operations submitted, per node
+        for t in range(1, self.plan.last_round + 1):
+            for st in self._round_steps[t]:
+                if st.rejoin and talks:
+                    self._ops[st.node].append(_Op("rejoin", st))
+                self._ops[st.node].append(_Op("train", st))
+                if talks:
+                    self._ops[st.node].append(_Op("combine", st))
+        self._rounds = {t: _Round(len(self._round_steps[t])) for t in self._round_steps}
+        self._count_readers()
+
+    def _count_readers(self) -> None:
+        """Pending readers of each stored value among the operations not yet submitted:
+        ("message"|"state", node, round), ("server", t)."""
+        self._readers: Counter = Counter()
+        for ops in self._ops.values():
+            for op in ops:
+                st = op.step
+                if op.kind == "rejoin":
+                    self._readers.update(("state", rc.sender, rc.sender_round) for rc in st.rejoin)
+                elif op.kind == "combine" and self.algorithm.uses_server:
+                    self._readers[("server", st.round_idx)] += 1
+                elif op.kind == "combine":
+                    self._readers.update(("message", rc.sender, rc.sender_round) for rc in st.inbox)
 
     def final_states(self) -> dict[int, Part]:
         """Each node's latest state (after the last round it ran)."""
@@ -145,22 +157,123 @@ class Executor:
             "messages": sorted(self._messages),
         }
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def held_values(self) -> dict[str, dict[tuple[int, int], Adapter]]:
+        """With nothing in flight (after :meth:`run` returned or stopped): every value a later
+        operation reads, fetched to the driver, by kind: ``states`` (each node's latest, and
+        older ones a pending rejoin reads), ``trained`` (states after local steps whose round
+        is not logged yet), ``messages`` (sent, not yet combined) and ``server`` (fedavg's
+        averages, under node -1)."""
+        if self._inflight:
+            raise RuntimeError("held_values() needs a quiet executor: calls are in flight")
+        server = {(NETWORK, t): part for t, part in self._server.items()}
+        out = {}
+        for kind, held in (
+            ("states", self._final),
+            ("trained", self._trained),
+            ("messages", self._messages),
+            ("server", server),
+        ):
+            keys = sorted(held)
+            out[kind] = dict(zip(keys, self.hosts.fetch([held[k] for k in keys])))
+        return out
+
+    def bookkeeping(self) -> dict:
+        """With nothing in flight: where the executor is in its plan, as plain JSON (with
+        :meth:`held_values` and the hosts' snapshots, everything a resume needs)."""
+        if self._inflight:
+            raise RuntimeError("bookkeeping() needs a quiet executor: calls are in flight")
+        rounds = {
+            str(t): {
+                "trained": r.trained,
+                "finished": r.finished,
+                "losses": r.losses,
+                "node_metrics": {str(i): m for i, m in r.node_metrics.items()},
+                "started": r.started_at is not None,
+            }
+            for t, r in self._rounds.items()
+            if r.started_at is not None
+        }
+        return {
+            "closed": self._closed,
+            "logged": self._logged,
+            "consumed": {str(i): c for i, c in self._consumed.items()},
+            "final_rounds": {str(i): list(rs) for i, rs in self._final_rounds.items()},
+            "retired": sorted(self._retired),
+            "rounds": rounds,
+        }
+
+    def restore(self, book: dict, values: dict[str, dict[tuple[int, int], Adapter]]) -> None:
+        """Go on from a checkpoint (:meth:`bookkeeping` and :meth:`held_values` of a quiet
+        executor) as if this executor had run up to it itself. The hosts' nodes must be
+        restored too (``HostGroup.restore``)."""
+        for i, count in book["consumed"].items():
+            for _ in range(count):
+                self._ops[int(i)].popleft()
+            self._consumed[int(i)] = count
+        self._count_readers()
+        put = {kind: {k: self.hosts.put(a) for k, a in v.items()} for kind, v in values.items()}
+        self._final, self._trained, self._messages = put["states"], put["trained"], put["messages"]
+        self._server = {t: part for (_, t), part in put["server"].items()}
+        self._final_rounds = {int(i): deque(rs) for i, rs in book["final_rounds"].items()}
+        self._retired = {tuple(key) for key in book["retired"]}
+        now = time.perf_counter()
+        for t in range(1, book["closed"] + 1):
+            del self._rounds[t]
+        for t, saved in book["rounds"].items():
+            r = self._rounds[int(t)]
+            r.trained, r.finished, r.losses = saved["trained"], saved["finished"], saved["losses"]
+            r.node_metrics = {int(i): m for i, m in saved["node_metrics"].items()}
+            r.started_at = now
+        self._logged, self._closed = book["logged"], book["closed"]
+        self._setup_logged = True
+        self._last_logged_at = now
+
     # ------------------------------------------------------------------ the loop
 
-    def run(self, until_round: int | None = None) -> None:
-        """Run the plan (or up to and including ``until_round``; call again to go on)."""
+    def run(
+        self, until_round: int | None = None, checkpoint: Callable[[int], None] | None = None
+    ) -> None:
+        """Run the plan, or until round ``until_round`` is logged and evaluated (call again to
+        go on). Either way it returns with nothing in flight: a dataflow run lets the calls it
+        started finish (some nodes may then be past that round) and submits no more.
+
+        With ``checkpoint``, the run also pauses like that after every ``checkpoint.every``
+        rounds, at its end and when a signal stops it, and calls ``checkpoint(round)``.
+        Results do not depend on where it pauses.
+        """
         last = self.plan.last_round
         if until_round is not None:
             last = min(until_round, last)
         if not self._setup_logged:
             self._log_setup()
+        every = self.cfg.checkpoint.every if checkpoint else 0
         bar = Progress(self.cfg.name, last, self._closed, self.cfg.output.progress)
+        try:
+            while self._closed < last:
+                cut = min(last, (self._closed // every + 1) * every) if every else last
+                self._run_to(cut, bar)
+                if checkpoint:
+                    checkpoint(self._closed)
+        except stopping.RunStopped:
+            if checkpoint:
+                checkpoint(self._closed)
+            raise
+        finally:
+            bar.close()
+
+    def _run_to(self, last: int, bar: Progress) -> None:
+        """Go until round ``last`` is closed, then let what is in flight finish."""
         stop_at = None
         while self._closed < last:
             if stopping.requested() is not None and stop_at is None:
-                # finish every round already started, start none: a stop loses no round
+                # barrier modes finish every round already started and start none, so a stop
+                # loses no round; dataflow modes stop submitting at once (rounds overlap)
                 started = [t for t, r in self._rounds.items() if r.started_at is not None]
                 stop_at = last = min(last, max(started, default=self._closed))
+                if not self.barrier:
+                    break
                 continue
             while self._submit_ready(last):
                 pass
@@ -171,13 +284,17 @@ class Executor:
                     f"the plan of {self.cfg.name!r} is stuck before round {self._closed + 1}: "
                     "no operation can start (please report this with the config)"
                 )
-            for ticket in self.hosts.wait(list(self._inflight)):
-                self._complete(ticket, *self._inflight.pop(ticket))
-            self._advance(last, bar)
-        bar.close()
+            self._wait(last, bar)
+        while self._inflight:  # a pause: what is running finishes, nothing new starts
+            self._wait(self.plan.last_round, bar)
         self.log.flush()
         if stop_at is not None:
             raise stopping.RunStopped(self.cfg.name, self._closed, stopping.requested())
+
+    def _wait(self, last: int, bar: Progress) -> None:
+        for ticket in self.hosts.wait(list(self._inflight)):
+            self._complete(ticket, *self._inflight.pop(ticket))
+        self._advance(last, bar)
 
     def _advance(self, last: int, bar: Progress) -> bool:
         """Log every round that is complete, close every logged round whose evaluations are
@@ -202,7 +319,9 @@ class Executor:
 
     def _submit_ready(self, last: int) -> bool:
         """Submit every operation whose inputs exist; True if any was submitted."""
-        gate = min(last, self._closed + 1) if self.barrier else last
+        # barrier: one round at a time; dataflow: whatever is ready (a round can need
+        # messages of later rounds of faster nodes)
+        gate = min(last, self._closed + 1) if self.barrier else self.plan.last_round
         rejoins: dict[tuple[int, int], dict] = defaultdict(dict)  # (host, round) -> inboxes
         trains: dict[tuple[int, int], list[int]] = defaultdict(list)
         combines: dict[tuple[int, int], dict] = defaultdict(dict)
@@ -213,12 +332,14 @@ class Executor:
                 if op.kind == "train":
                     trains[key].append(i)
                     ops.popleft()
+                    self._consumed[i] += 1
                     break  # its combine needs messages that do not exist yet
                 inbox = self._inbox(op)
                 if inbox is None:
                     break
                 (rejoins if op.kind == "rejoin" else combines)[key][i] = inbox
                 ops.popleft()
+                self._consumed[i] += 1
                 if op.kind == "combine":
                     break
         now = time.perf_counter()  # before submitting: an in-process call runs at once

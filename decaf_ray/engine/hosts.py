@@ -178,6 +178,17 @@ class HostGroup(ABC):
         ticket = self._ticket("message size", 0, self.blocks[0], self._call(0, "message_bytes"))
         return int(self.result(ticket))
 
+    def snapshot(self) -> dict[int, tuple[dict, dict]]:
+        """Every node's private state (parameters, optimizer, sampler), for a checkpoint."""
+        replies = self._on_every_host("checkpoint", "snapshot", lambda block: (block,))
+        return {i: snap for snaps in replies for i, snap in snaps.items()}
+
+    def restore(self, snapshots: dict[int, tuple[dict, dict]]) -> None:
+        """Set every node back to its state in ``snapshots`` (after :meth:`setup`)."""
+        self._on_every_host(
+            "restoring a checkpoint", "restore", lambda block: ({i: snapshots[i] for i in block},)
+        )
+
     def states(self) -> dict[int, Part]:
         """Every node's current state (before training: its initial one)."""
         replies = self._on_every_host("initial states", "states", lambda block: (block,))

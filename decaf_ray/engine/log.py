@@ -21,11 +21,16 @@ NETWORK = -1
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, keep_parts: int = 0) -> None:
+        """A log writing into ``run_dir``; ``keep_parts`` > 0 goes on after that many parts
+        (a resumed run: parts written after its checkpoint are removed, they are redone)."""
         self.path = Path(run_dir) / "metrics.parquet"
         self.path.mkdir(parents=True, exist_ok=True)
+        for part in self.path.glob("part-*.parquet"):
+            if int(part.stem.split("-")[1]) >= keep_parts:
+                part.unlink()
         self._rows: list[tuple] = []
-        self._parts = 0
+        self._parts = keep_parts
         self._t0 = time.perf_counter()
         self.latest: dict[str, float] = {}  # last network-level value of each metric
 
@@ -61,6 +66,11 @@ class MetricsLog:
         os.replace(tmp, final)
         self._parts += 1
         self._rows = []
+
+    @property
+    def parts(self) -> int:
+        """Parts written so far (a checkpoint records it)."""
+        return self._parts
 
     def frame(self) -> pd.DataFrame:
         self.flush()

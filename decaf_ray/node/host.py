@@ -320,6 +320,16 @@ class Host:
         finally:
             conf.r, conf.lora_alpha = saved
 
+    def snapshot(self, node_ids: list[int]) -> dict[int, tuple[dict[str, torch.Tensor], dict]]:
+        """The listed nodes' whole private state (:meth:`NodeState.snapshot`), for a
+        checkpoint."""
+        return {i: self.nodes[i].snapshot() for i in node_ids}
+
+    def restore(self, snapshots: dict[int, tuple[dict[str, torch.Tensor], dict]]) -> None:
+        """Set nodes (made by :meth:`setup`) back to the state of a snapshot."""
+        for i, (tensors, meta) in snapshots.items():
+            self.nodes[i].restore(tensors, meta)
+
     def _install(self, adapter: Adapter) -> None:
         """Put ``adapter``'s tensors (plain tensors, not a node's parameters) into the model."""
         self.slots.install(self._layer_tensors(adapter, self.device))

@@ -90,6 +90,27 @@ def write_moments(
     st["exp_avg_sq"].copy_(exp_avg_sq)
 
 
+def moments(opt: torch.optim.AdamW, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Copies of the AdamW state of the named parameters, for a checkpoint:
+    ``<name>.exp_avg``, ``<name>.exp_avg_sq`` and ``<name>.step`` (a 0-d tensor)."""
+    out = {}
+    for name, p in params.items():
+        st = opt.state[p]
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            out[f"{name}.{key}"] = st[key].detach().to("cpu", copy=True)
+    return out
+
+
+def load_moments(
+    opt: torch.optim.AdamW, params: dict[str, nn.Parameter], saved: dict[str, torch.Tensor]
+) -> None:
+    """Put state saved by :func:`moments` back into ``opt`` (in place: the tensors stay)."""
+    for name, p in params.items():
+        st = opt.state[p]
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            st[key].copy_(saved[f"{name}.{key}"])
+
+
 def hyper(opt: torch.optim.AdamW) -> dict[str, float | tuple[float, float]]:
     """The (single) param group's AdamW settings, as :func:`adamw_step` takes them."""
     group = opt.param_groups[0]

@@ -174,6 +174,13 @@ class HostService:
         fetched = dict(zip(parts, self.store.get_parts(list(parts.values()))))
         return {k: self.host.adapter_files(fetched.get(k, v)) for k, v in named.items()}
 
+    def snapshot(self, node_ids: list[int]) -> dict[int, tuple[dict, dict]]:
+        """The nodes' private state for a checkpoint (see :meth:`Host.snapshot`)."""
+        return self.host.snapshot(node_ids)
+
+    def restore(self, snapshots: dict[int, tuple[dict, dict]]) -> None:
+        self.host.restore(snapshots)
+
     def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:
         """Held-out metrics of the model given as ``adapter`` (any rank), under node id -1
         (the whole network, as in the metrics)."""

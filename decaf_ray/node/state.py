@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decaf_ray.data import Shard
+from decaf_ray.node.optim import load_moments, moments
 
 # labels (b,) and input_ids (b, L), attention_mask (b, L); causal LM: loss_mask (b, L),
 # prompt_len (b,); images: pixels (b, H, W, C) uint8 instead of the token arrays
@@ -93,3 +94,24 @@ class NodeState:
     def next_batch(self, batch_size: int) -> Batch:
         idx = torch.as_tensor(self.next_indices(batch_size), device=self.data["labels"].device)
         return take_rows(self.data, idx)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything that decides this node's future, as CPU tensors plus a JSON-able dict:
+        parameters, AdamW moments, the sampler's pending order and its generator's state."""
+        tensors = {f"param.{k}": p.detach().to("cpu", copy=True) for k, p in self.params.items()}
+        for key, value in moments(self.optimizer, self.trainable()).items():
+            tensors[f"adamw.{key}"] = value
+        tensors["order"] = torch.from_numpy(self._order.copy())
+        return tensors, {"rng": self.rng.bit_generator.state}
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Undo everything since :meth:`snapshot` (the inverse of it)."""
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(tensors[f"param.{k}"])
+        adamw = {k[len("adamw.") :]: v for k, v in tensors.items() if k.startswith("adamw.")}
+        load_moments(self.optimizer, self.trainable(), adamw)
+        self._order = tensors["order"].numpy().astype(np.int64, copy=True)
+        self.rng.bit_generator.state = meta["rng"]

@@ -1,0 +1,190 @@
+"""Checkpoints and resume: a run stopped anywhere goes on to exactly the metrics of a run that
+never stopped, in every schedule mode; a changed config is refused by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TIMING, tiny_config
+from decaf_ray.config import to_dict
+from decaf_ray.engine import checkpoint
+from decaf_ray.engine.executor import Executor
+from decaf_ray.engine.local import start_local_hosts
+from decaf_ray.engine.log import MetricsLog, read_metrics
+from decaf_ray.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows two identical runs share value for value: wall-clock metrics and the
+    wall_s column aside."""
+    keep = frame[~frame.metric.isin(TIMING)].drop(columns=["wall_s"])
+    return keep.sort_values(["round", "metric", "node"]).reset_index(drop=True)
+
+
+MODES = {
+    "sync": {},
+    "deadline": {"schedule__mode": "deadline", "schedule__deadline_s": 2.5,
+                 "schedule__compute": "factors", "schedule__factors": [1, 1, 1, 3]},
+    "async": {"schedule__mode": "async", "schedule__compute": "factors",
+              "schedule__factors": [1, 2, 1, 3]},
+    "bounded-churn": {"schedule__mode": "bounded", "schedule__staleness": 1,
+                      "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3],
+                      "schedule__churn": [[1, 2, 4]]},
+    "fedavg": {"algorithm__name": "fedavg"},
+    "dlora_fa": {"algorithm__name": "dlora_fa", "schedule__mode": "async",
+                 "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_restored_executor_goes_on_exactly(tmp_path, mode):
+    """Run 5 rounds; separately run 2, checkpoint to disk, rebuild everything (new hosts, new
+    executor) from the files, run the rest: the metrics tables are equal value for value."""
+    cfg = tiny_config(train__rounds=5, eval__every=2, **MODES[mode])
+    prep = prepare(cfg)
+    whole = Executor(cfg, prep, start_local_hosts(cfg, prep), MetricsLog(tmp_path / "whole"))
+    whole.run()
+
+    first = Executor(cfg, prep, start_local_hosts(cfg, prep), MetricsLog(tmp_path / "cut"))
+    first.run(until_round=2)
+    if mode == "async":  # the overlap of rounds is real: some node has run ahead of round 2
+        assert max(r for (_, r) in first.held_values()["states"]) > 2
+    nodes, values, book = first.hosts.snapshot(), first.held_values(), first.bookkeeping()
+    saved = checkpoint.save(tmp_path / "cut", to_dict(cfg), 2, False, nodes, values, book, 9, 1)
+    first.log.flush()
+    parts = first.log.parts
+    del first
+
+    back = checkpoint.load(saved)
+    assert back.round_idx == 2 and set(back.nodes) == set(range(cfg.topology.n))
+    hosts = start_local_hosts(cfg, prep)
+    second = Executor(cfg, prep, hosts, MetricsLog(tmp_path / "cut", keep_parts=parts))
+    hosts.restore(back.nodes)
+    second.restore(back.book, back.values)
+    second.run()
+    got, want = read_metrics(tmp_path / "cut" / "metrics.parquet"), whole.log.frame()
+    assert got["round"].max() == 5
+    pd.testing.assert_frame_equal(comparable(got), comparable(want))
+
+
+def test_checkpoints_are_whole_pruned_and_versioned(tmp_path):
+    cfg = tiny_config()
+    prep = prepare(cfg)
+    sim = Executor(cfg, prep, start_local_hosts(cfg, prep), MetricsLog(tmp_path))
+    sim.run(until_round=1)
+    args = (to_dict(cfg), 1, False, sim.hosts.snapshot(), sim.held_values(), sim.bookkeeping(), 3)
+    for r in (1, 2, 3):
+        checkpoint.save(tmp_path, args[0], r, *args[2:], keep=2)
+    assert checkpoint.saved_rounds(tmp_path) == [2, 3]  # the oldest pruned
+    (tmp_path / "checkpoints" / ".round-000004.tmp").mkdir()  # a write killed half-way
+    assert checkpoint.latest(tmp_path).round_idx == 3
+    meta = tmp_path / "checkpoints" / "round-000003" / "meta.json"
+    meta.write_text(meta.read_text().replace('"version": 1', '"version": 99'))
+    with pytest.raises(checkpoint.CheckpointError, match="version 99"):
+        checkpoint.latest(tmp_path)
+
+
+def test_a_node_snapshot_round_trips_its_whole_future(tmp_path):
+    """Optimizer moments, sampler order and generator: after restore, a node trains exactly as
+    it would have from the snapshot."""
+    from conftest import host_of
+
+    host, _ = host_of(tiny_config())
+    host.train(1)
+    snap = host.snapshot([0, 1])
+    after = host.train(2)
+    host.train(3)
+    host.restore(snap)
+    again = host.train(2)
+    for i in (0, 1):
+        assert again[i].loss == after[i].loss
+        for key, x in after[i].adapter.B.items():
+            assert (again[i].adapter.B[key] == x).all()
+
+
+def test_changed_keys_names_nested_differences():
+    a = {"train": {"lr": 1e-3, "rounds": 5}, "seed": 1}
+    b = {"train": {"lr": 2e-3, "rounds": 5}, "seed": 1, "new": 0}
+    assert checkpoint.changed_keys(a, b) == ["new", "train.lr"]
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "decaf_ray.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny):
+    """The CLI is killed with SIGKILL (no chance to clean up) after its checkpoint of round 2;
+    `decaf-ray resume` goes on from it, and the whole table equals an uninterrupted run's."""
+    cfg = tiny_config(
+        train__rounds=5,
+        checkpoint__every=2,
+        schedule__debug_sleep_s={0: 0.4},
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    out = tmp_path / "out"
+    proc = _cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress")
+    deadline = time.time() + 180
+    while time.time() < deadline and not checkpoint.saved_rounds(out):
+        time.sleep(0.1)
+    time.sleep(0.5)  # into round 3, mid-flight
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert checkpoint.saved_rounds(out) == [2]
+    killed_at = read_metrics(out / "metrics.parquet")["round"].max()
+    assert killed_at < 5
+
+    _finish(_cli("resume", str(out), "--no-progress"))
+    got = read_metrics(out / "metrics.parquet")
+    want = run_tiny(train__rounds=5, checkpoint__every=2)
+    pd.testing.assert_frame_equal(comparable(got), comparable(want))
+    assert checkpoint.latest_meta(out)["complete"]
+    assert (out / "adapters" / "average" / "adapter_model.safetensors").exists()
+
+
+def _finish(proc: subprocess.Popen, code: int = 0) -> str:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    return err
+
+
+def test_resume_refuses_a_changed_config_and_extends_rounds(tmp_path, run_tiny):
+    cfg = tiny_config(train__rounds=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    out = tmp_path / "out"
+    _finish(_cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"))
+    before = sorted(p.name for p in (out / "metrics.parquet").iterdir())
+
+    err = _finish(_cli("resume", str(out), "--set", "train.lr=0.1", "--set", "seed=4"), 2)
+    assert "seed, train.lr differ" in err and err.strip().count("\n") == 0
+    assert sorted(p.name for p in (out / "metrics.parquet").iterdir()) == before
+    err = _finish(_cli("resume", str(out)))
+    assert "complete: kept as it is" in err
+
+    _finish(_cli("resume", str(out), "--set", "train.rounds=3", "--no-progress"))
+    got = read_metrics(out / "metrics.parquet")
+    want = run_tiny(train__rounds=3)
+    pd.testing.assert_frame_equal(comparable(got), comparable(want))
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["rounds"] == 3
