@@ -145,6 +145,12 @@ class ClusterConfig:
     num_cpus: int | None = None  # CPUs for a local cluster (None: all)
     gpus_per_host: float | None = None  # None: share the cluster's GPUs evenly, if any
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # a host that dies (killed, out of memory) or stops answering: restart every host and go
+    # on from the run's latest checkpoint, at most this many times per run (0: stop at once)
+    restarts: int = 2
+    # seconds without any answer from the hosts before they count as hung (None: 10 times the
+    # slowest round so far, at least 300 s; before round 1 is done, no limit)
+    call_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -373,6 +379,10 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"cluster.nodes_per_actor={cfg.cluster.nodes_per_actor} must be at least 1")
     if cfg.cluster.threads_per_host < 1:
         p.append(f"cluster.threads_per_host={cfg.cluster.threads_per_host} must be at least 1")
+    if cfg.cluster.restarts < 0:
+        p.append(f"cluster.restarts={cfg.cluster.restarts} must be >= 0 (0: no recovery)")
+    if cfg.cluster.call_timeout_s is not None and cfg.cluster.call_timeout_s <= 0:
+        p.append(f"cluster.call_timeout_s={cfg.cluster.call_timeout_s} must be positive (or null)")
     if cfg.checkpoint.every < 0:
         p.append(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)")
     if cfg.checkpoint.keep < 1:

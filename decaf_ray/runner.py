@@ -18,6 +18,7 @@ import pandas as pd
 from decaf_ray.config import RunConfig, expand_sweep, load_config, save_config, to_dict
 from decaf_ray.engine import checkpoint
 from decaf_ray.engine.executor import Executor
+from decaf_ray.engine.hosts import HostError
 from decaf_ray.engine.log import NETWORK, MetricsLog, read_metrics
 from decaf_ray.engine.saving import save_adapters
 from decaf_ray.engine.stopping import RunStopped
@@ -48,27 +49,51 @@ def run_one(
     """Simulate ``cfg`` into ``run_dir`` on Ray hosts from ``pool``; return its metrics.
 
     ``resume``: ``run_dir`` holds this run, stopped; go on from its latest checkpoint (or
-    from the start if it has none), redoing only the rounds after it."""
-    from decaf_ray.engine.cluster import start_hosts
-
+    from the start if it has none), redoing only what came after it. A host that dies or
+    hangs is recovered the same way: every host restarts from the latest checkpoint, up to
+    ``cluster.restarts`` times; the metrics are those of an undisturbed run."""
     with claim(run_dir, resume=resume):
-        saved = checkpoint.latest(run_dir) if resume else None
         save_config(cfg, run_dir / "config.yaml")
         prep = prep or prepare(cfg)
-        log = MetricsLog(run_dir, keep_parts=saved.parts if saved else 0)
-        t0 = time.perf_counter()
-        hosts = start_hosts(cfg, prep, pool)
-        setup_s = time.perf_counter() - t0
-        placement = hosts.placement()
-        (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
-        sim = Executor(cfg, prep, hosts, log, setup_s)
-        if saved:
-            hosts.restore(saved.nodes)
-            sim.restore(saved.book, saved.values)
-            del saved  # the driver's copy of every adapter: free it before the run goes on
-        sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
-        save_adapters(cfg, sim.final_states(), hosts, run_dir)
-        return log.frame()
+        restarts = 0
+        while True:
+            try:
+                return _simulate(cfg, run_dir, pool, prep, resume or restarts > 0)
+            except HostError as exc:
+                exc.folder = run_dir
+                if not exc.lost or restarts >= cfg.cluster.restarts:
+                    raise
+                restarts += 1
+                meta = checkpoint.latest_meta(run_dir)
+                since = f"its checkpoint of round {meta['round']}" if meta else "the start"
+                print(
+                    f"decaf-ray: {exc}\ndecaf-ray: restarting every host of {cfg.name} from "
+                    f"{since} (restart {restarts} of cluster.restarts={cfg.cluster.restarts})",
+                    file=sys.stderr,
+                )
+                pool.clear()
+
+
+def _simulate(
+    cfg: RunConfig, run_dir: Path, pool: HostPool, prep: Prepared, from_checkpoint: bool
+) -> pd.DataFrame:
+    from decaf_ray.engine.cluster import start_hosts
+
+    saved = checkpoint.latest(run_dir) if from_checkpoint else None
+    log = MetricsLog(run_dir, keep_parts=saved.parts if saved else 0)
+    t0 = time.perf_counter()
+    hosts = start_hosts(cfg, prep, pool)
+    setup_s = time.perf_counter() - t0
+    placement = hosts.placement()
+    (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
+    sim = Executor(cfg, prep, hosts, log, setup_s)
+    if saved:
+        hosts.restore(saved.nodes)
+        sim.restore(saved.book, saved.values)
+        del saved  # the driver's copy of every adapter: free it before the run goes on
+    sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
+    save_adapters(cfg, sim.final_states(), hosts, run_dir)
+    return log.frame()
 
 
 def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int) -> Path:

@@ -46,6 +46,13 @@ TIMING = {
 }
 
 
+def comparable(frame):
+    """The rows two identical runs share value for value: wall-clock metrics and the
+    wall_s column aside, in a fixed order."""
+    keep = frame[~frame.metric.isin(TIMING)].drop(columns=["wall_s"])
+    return keep.sort_values(["round", "metric", "node"]).reset_index(drop=True)
+
+
 def tiny_config(**overrides):
     """A run that takes seconds: tiny BERT, 4 nodes, short texts, 2 rounds."""
     from decaf_ray.config import apply_override, config_from_dict

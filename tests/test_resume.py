@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TIMING, tiny_config
+from conftest import comparable, tiny_config
 from decaf_ray.config import to_dict
 from decaf_ray.engine import checkpoint
 from decaf_ray.engine.executor import Executor
@@ -23,13 +23,6 @@ from decaf_ray.engine.log import MetricsLog, read_metrics
 from decaf_ray.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows two identical runs share value for value: wall-clock metrics and the
-    wall_s column aside."""
-    keep = frame[~frame.metric.isin(TIMING)].drop(columns=["wall_s"])
-    return keep.sort_values(["round", "metric", "node"]).reset_index(drop=True)
 
 
 MODES = {

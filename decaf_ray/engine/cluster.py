@@ -86,6 +86,13 @@ class RayHostGroup(HostGroup):
     """Host actors; calls are actor tasks, answers are awaited with ``ray.wait``."""
 
     errors = (ray.exceptions.RayError,)
+    lost = (
+        ray.exceptions.RayActorError,  # the actor's process died (killed, out of memory...)
+        ray.exceptions.ObjectLostError,  # an input put by a host that died
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.OutOfMemoryError,
+    )
 
     def __init__(self, handles: list[Any], blocks: list[list[int]]) -> None:
         super().__init__(blocks)
@@ -94,8 +101,10 @@ class RayHostGroup(HostGroup):
     def _call(self, host: int, method: str, *args: Any) -> Any:
         return getattr(self.handles[host], method).remote(*args)
 
-    def _ready(self, handles: list[Any]) -> list[Any]:
-        done, rest = ray.wait(handles, num_returns=1)
+    def _ready(self, handles: list[Any], timeout_s: float | None = None) -> list[Any]:
+        done, rest = ray.wait(handles, num_returns=1, timeout=timeout_s)
+        if not done:
+            return []
         if rest:  # take every other call that is finished too: fewer trips round the loop
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             done += more

@@ -110,6 +110,7 @@ class Executor:
         self._logged = self._closed = 0  # last round logged / logged and evaluated
         self._last_logged_at = time.perf_counter()
         self._setup_logged = False
+        self._slowest_round_s = 0.0
 
     def _queue(self) -> None:
         """Queue each node's operations in plan order; count the readers of every value."""
@@ -292,9 +293,17 @@ class Executor:
             raise stopping.RunStopped(self.cfg.name, self._closed, stopping.requested())
 
     def _wait(self, last: int, bar: Progress) -> None:
-        for ticket in self.hosts.wait(list(self._inflight)):
+        for ticket in self.hosts.wait(list(self._inflight), self._timeout_s()):
             self._complete(ticket, *self._inflight.pop(ticket))
         self._advance(last, bar)
+
+    def _timeout_s(self) -> float | None:
+        """How long to wait for any answer before the hosts count as hung: the config's
+        limit, else 10 times the slowest round so far (at least 300 s; none before the first
+        round is done, which includes warming up)."""
+        if self.cfg.cluster.call_timeout_s is not None:
+            return self.cfg.cluster.call_timeout_s
+        return max(300.0, 10 * self._slowest_round_s) if self._slowest_round_s else None
 
     def _advance(self, last: int, bar: Progress) -> bool:
         """Log every round that is complete, close every logged round whose evaluations are
@@ -571,6 +580,7 @@ class Executor:
             self.log.add(t, NETWORK, key, value, when)
         self.log.flush()
         del self._rounds[t]
+        self._slowest_round_s = max(self._slowest_round_s, phases["round_wall_s"])
 
     # ------------------------------------------------------------------ rows
 

@@ -25,7 +25,17 @@ from decaf_ray.node import Combined, Evaluation, Inboxes, Part, Published, Reply
 
 
 class HostError(RuntimeError):
-    """A host failed; the message names what it was doing, the round and the host's nodes."""
+    """A host failed; the message names what it was doing, the round and the host's nodes.
+
+    ``lost``: the host itself is gone or hung (its process died, or it stopped answering),
+    as opposed to an error raised by the code it ran; a run can recover from a lost host by
+    restarting its hosts from a checkpoint. ``folder``: the run's folder, set by the runner.
+    """
+
+    def __init__(self, message: str, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
+        self.folder = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +66,7 @@ class HostGroup(ABC):
     """Hosts ``0..len(blocks)-1``; host k carries the nodes ``blocks[k]``."""
 
     errors: tuple[type[BaseException], ...] = (Exception,)  # what a failed call raises
+    lost: tuple[type[BaseException], ...] = ()  # of which: the host process is gone
 
     def __init__(self, blocks: list[list[int]]) -> None:
         self.blocks = blocks
@@ -68,8 +79,9 @@ class HostGroup(ABC):
         """Start ``HostService.<method>(*args)`` on host ``host``; return its future."""
 
     @abstractmethod
-    def _ready(self, handles: list[Any]) -> list[Any]:
-        """Block until at least one of ``handles`` is done; return those done."""
+    def _ready(self, handles: list[Any], timeout_s: float | None = None) -> list[Any]:
+        """Block until at least one of ``handles`` is done (or ``timeout_s`` passed: then
+        none may be); return those done."""
 
     @abstractmethod
     def _get(self, handle: Any) -> Any:
@@ -123,10 +135,20 @@ class HostGroup(ABC):
         handle = self._call(host, "adapter_files", named)
         return self._ticket("saving adapters", 0, (), handle)
 
-    def wait(self, tickets: Sequence[Ticket]) -> list[Ticket]:
-        """Block until at least one of ``tickets`` is done; return every one that is."""
+    def wait(self, tickets: Sequence[Ticket], timeout_s: float | None = None) -> list[Ticket]:
+        """Block until at least one of ``tickets`` is done; return every one that is. No
+        answer within ``timeout_s``: the hosts are hung, a lost-host :class:`HostError`."""
         by_handle = {t.handle: t for t in tickets}
-        return [by_handle[h] for h in self._ready([t.handle for t in tickets])]
+        done = self._ready([t.handle for t in tickets], timeout_s)
+        if not done:
+            first = min(tickets, key=lambda t: t.round_idx)
+            raise HostError(
+                f"no host answered for {timeout_s:.0f} s ({first.what} of round "
+                f"{first.round_idx} on the host of nodes {list(first.nodes)} among them): "
+                "hung hosts (cluster.call_timeout_s sets the limit)",
+                lost=True,
+            )
+        return [by_handle[h] for h in done]
 
     def result(self, ticket: Ticket) -> Any:
         """The reply of a finished call; a failure becomes one :class:`HostError`."""
@@ -134,8 +156,12 @@ class HostGroup(ABC):
             return self._get(ticket.handle)
         except self.errors as exc:
             where = f" on the host of nodes {list(ticket.nodes)}" if ticket.nodes else ""
+            lost = isinstance(exc, self.lost)
+            cause = str(exc).strip() or type(exc).__name__
+            if lost:  # the first line says it (the rest is Ray's advice on debugging)
+                cause = cause.splitlines()[0]
             raise HostError(
-                f"{ticket.what} failed in round {ticket.round_idx}{where}: {exc}"
+                f"{ticket.what} failed in round {ticket.round_idx}{where}: {cause}", lost
             ) from exc
 
     def gather(self, tickets: Sequence[Ticket]) -> list[Any]:

@@ -61,7 +61,7 @@ class LocalHostGroup(HostGroup):
         except Exception as exc:  # kept, and raised as a HostError by result()
             return _Done(error=exc)
 
-    def _ready(self, handles: list[Any]) -> list[Any]:
+    def _ready(self, handles: list[Any], timeout_s: float | None = None) -> list[Any]:
         return list(handles)
 
     def _get(self, handle: _Done) -> Any:
