@@ -331,6 +331,16 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(
             f"topology.mixing={cfg.topology.mixing!r} is unknown; choose one of {MIXING_RULES}"
         )
+    if cfg.topology.mixing == "dimat" and cfg.topology.name not in ("two_hubs", "file"):
+        p.append(
+            "topology.mixing='dimat' (the paper's weights for the two-hubs graph) is defined on "
+            f"topology.name=two_hubs only, not {cfg.topology.name!r}: use metropolis_hastings"
+        )
+    if cfg.topology.mixing == "dimat" and cfg.schedule.graph != "static":
+        p.append(
+            f"topology.mixing='dimat' needs the two_hubs graph every round; schedule.graph="
+            f"{cfg.schedule.graph!r} changes it: use metropolis_hastings"
+        )
     if cfg.topology.name == "file" and not cfg.topology.path:
         p.append("topology.name='file' needs topology.path (an edge list or GraphML file)")
     if cfg.topology.name != "file" and cfg.topology.n < 1:

@@ -41,6 +41,17 @@ def test_presets_hold_the_papers_settings_and_name_what_is_missing(preset, monke
     assert "model.path=" in text and "data.path=" in text and str(tmp_path) in text
 
 
+@pytest.mark.parametrize("kind", ["iid", "noniid"])
+def test_two_hubs_presets_use_the_papers_dimat_weights(kind):
+    from decaf_ray.prepare import make_graph
+
+    cfg = load_config(RUNS / f"paper_two_hubs_{kind}.yaml")
+    assert (cfg.topology.name, cfg.topology.n, cfg.topology.mixing) == ("two_hubs", 10, "dimat")
+    _, Pi, gap = make_graph(cfg)
+    assert Pi[0, 0] == pytest.approx(0.12) and Pi[0, 2] == pytest.approx(0.11)
+    assert gap == pytest.approx(0.22)
+
+
 def test_clip_preset_twin_runs_few_shot_on_digits(tmp_path):
     from decaf_ray.prepare import prepare
 

@@ -282,6 +282,76 @@ def test_edge_weights_rule_and_missing_weight():
         mixing_matrix(G, "edge_weights")
 
 
+def test_dimat_on_two_hubs_16_has_the_papers_weights_not_metropolis_hastings():
+    n, a = 16, 0.06  # a = floor(100 / 15) / 100
+    G = topo.two_hubs(n)
+    Pi = mixing_matrix(G, "dimat")
+    report = validate_mixing(Pi, G)
+    assert report.symmetric and report.doubly_stochastic
+    np.testing.assert_allclose(np.diag(Pi)[:2], 1 - (n - 2) * a)  # hubs keep 0.16
+    assert Pi[0, 0] == pytest.approx(0.16)
+    np.testing.assert_allclose(np.diag(Pi)[2:], 1 - 2 * a)  # the others keep 0.88
+    np.testing.assert_allclose(Pi[:2, 2:], a)
+    assert Pi[0, 1] == Pi[1, 0] == 0.0 and Pi[2, 3] == 0.0  # no hub-hub nor leaf-leaf weight
+    assert report.spectral_gap == pytest.approx(0.12)  # 2a: |lambda_2| = 1 - 2a
+    mh = check_mixing(mixing_matrix(G, "metropolis_hastings"), G)
+    assert mh.spectral_gap == pytest.approx(2 / 15)  # 0.133: the rules differ
+    assert mixing_matrix(G, "metropolis_hastings")[0, 0] == pytest.approx(1 / 15)
+    G10 = topo.two_hubs(10)
+    assert check_mixing(mixing_matrix(G10, "dimat"), G10).spectral_gap == pytest.approx(0.22)
+
+
+def test_dimat_finds_the_hubs_where_dimat_numbers_them_last():
+    n = 12
+    last = nx.relabel_nodes(topo.two_hubs(n), {0: n - 2, 1: n - 1, n - 2: 0, n - 1: 1})
+    Pi = mixing_matrix(last, "dimat")
+    assert Pi[n - 1, n - 1] == pytest.approx(1 - (n - 2) * 0.09)
+    assert Pi[0, 0] == pytest.approx(1 - 2 * 0.09) and Pi[n - 2, n - 1] == 0.0
+    perm = [n - 2, n - 1, *range(2, n - 2), 0, 1]  # node order of two_hubs(n)
+    np.testing.assert_allclose(Pi[np.ix_(perm, perm)], mixing_matrix(topo.two_hubs(n), "dimat"))
+
+
+@pytest.mark.parametrize(("name", "n"), [("ring", 16), ("star", 9), ("complete", 6)])
+def test_dimat_refuses_other_graphs_naming_rule_and_graph(name, n):
+    with pytest.raises(ValueError, match=f"'dimat'.*two_hubs.*'{name}' graph of {n} nodes"):
+        mixing_matrix(build_graph(name, n), "dimat")
+    hub_link = topo.two_hubs(8)
+    hub_link.add_edge(0, 1)
+    with pytest.raises(ValueError, match="'dimat'"):
+        mixing_matrix(hub_link, "dimat")
+    with pytest.raises(ValueError, match="n=102 > 101"):
+        mixing_matrix(topo.two_hubs(102), "dimat")
+
+
+def test_topologies_command_marks_dimat_invalid_off_two_hubs(capsys):
+    from decaf_ray.cli import main
+
+    assert main(["topologies", "--n", "16"]) == 0
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in capsys.readouterr().out.splitlines()[2:]
+        if line.strip() and not line.startswith("also")
+    }
+    header_rules = [r for r in MIXING_RULES if r != "edge_weights"]
+    col = header_rules.index("dimat")
+    assert rows["two_hubs"][col] == "0.1200"
+    assert rows["ring"][col] == rows["star"][col] == "-"
+    assert rows["ring"][header_rules.index("uniform")] == "0.0507"
+
+
+def test_dimat_in_a_config_needs_the_two_hubs_graph():
+    from decaf_ray.config import ConfigError, config_from_dict
+
+    ok = config_from_dict({"topology": {"name": "two_hubs", "n": 16, "mixing": "dimat"}})
+    assert ok.topology.mixing == "dimat"
+    with pytest.raises(ConfigError, match="mixing='dimat'.*two_hubs only, not 'ring'"):
+        config_from_dict({"topology": {"name": "ring", "mixing": "dimat"}})
+    with pytest.raises(ConfigError, match="schedule.graph='matching'"):
+        config_from_dict(
+            {"topology": {"name": "two_hubs", "mixing": "dimat"}, "schedule": {"graph": "matching"}}
+        )
+
+
 def test_unknown_mixing_rule_names_the_rule():
     with pytest.raises(ValueError, match="sinkhorn") as err:
         mixing_matrix(topo.ring(4), "sinkhorn")

@@ -30,6 +30,7 @@ from topologies.check import (
 )
 from topologies.mixing import (
     MIXING_RULES,
+    dimat,
     edge_weights,
     laplacian,
     max_degree,
@@ -46,6 +47,7 @@ __all__ = [
     "build_graph",
     "check_mixing",
     "complete",
+    "dimat",
     "edge_weights",
     "erdos_renyi",
     "exponential",

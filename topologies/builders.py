@@ -265,4 +265,6 @@ def build_graph(name: str, n: int, path: str | Path | None = None, **params) -> 
         raise ValueError(
             f"topology {name!r} does not take parameter(s) {unknown}; it accepts {accepted}"
         )
-    return builder(n, **params)
+    graph = builder(n, **params)
+    graph.graph["name"] = key  # what rules and checks call the graph in their messages
+    return graph

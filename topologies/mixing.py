@@ -109,12 +109,64 @@ def edge_weights(G: nx.Graph) -> np.ndarray:
     return _fill_diagonal(pi)
 
 
+def _hub_pair(G: nx.Graph) -> tuple[int, int] | None:
+    """The two hubs of G when G is K_{2, n-2} (two unlinked nodes, each linked to every other
+    node, and no other edge), else None. On n = 4 (a 4-cycle) either opposite pair serves."""
+    n = G.number_of_nodes()
+    edges = {frozenset(e) for e in _edges(G)}
+    if n < 3 or len(edges) != 2 * (n - 2):
+        return None
+    degree = _degrees(G)
+    candidates = [int(i) for i in np.flatnonzero(degree == n - 2)]
+    for k, h0 in enumerate(candidates):
+        for h1 in candidates[k + 1 :]:
+            others = [j for j in range(n) if j not in (h0, h1)]
+            if edges == {frozenset((h, j)) for h in (h0, h1) for j in others}:
+                return h0, h1
+    return None
+
+
+def dimat(G: nx.Graph) -> np.ndarray:
+    """The DeCAF authors' weights on the two-hubs graph (from their earlier DIMAT code).
+
+    With a = floor(100 / (n - 1)) / 100: Pi_hj = Pi_jh = a between a hub h and any other node
+    j, Pi_jj = 1 - 2a, Pi_hh = 1 - (n - 2) a, and no weight between the hubs (n = 16: a = 0.06,
+    hub self-weight 0.16, spectral gap 0.12). DIMAT numbers the hubs last; here they are found
+    wherever they are (``two_hubs`` puts them first), which only permutes Pi. Defined on the
+    two-hubs graph K_{2, n-2} alone, and for n <= 101 (beyond, a rounds down to 0).
+    """
+    n = _num_nodes(G)
+    hubs = _hub_pair(G)
+    if hubs is None:
+        name = G.graph.get("name")
+        which = f"the {name!r} graph" if name else "this graph"
+        raise ValueError(
+            f"mixing rule 'dimat' is defined on the two_hubs graph only (two unlinked hubs, each "
+            f"linked to every other node, no other edge), not on {which} of {n} nodes and "
+            f"{len(_edges(G))} edges: use topology.name=two_hubs or a rule such as "
+            "metropolis_hastings"
+        )
+    a = (100 // (n - 1)) / 100
+    if a == 0.0:
+        raise ValueError(
+            f"mixing rule 'dimat' gives each hub link a = floor(100 / (n - 1)) / 100 = 0 for "
+            f"n={n} > 101 nodes, so nothing would mix: use metropolis_hastings"
+        )
+    pi = np.zeros((n, n))
+    for h in hubs:
+        for j in range(n):
+            if j not in hubs:
+                pi[h, j] = pi[j, h] = a
+    return _fill_diagonal(pi)
+
+
 MIXING_RULES: dict[str, Callable[[nx.Graph], np.ndarray]] = {
     "uniform": uniform,
     "metropolis_hastings": metropolis_hastings,
     "max_degree": max_degree,
     "laplacian": laplacian,
     "edge_weights": edge_weights,
+    "dimat": dimat,  # the two_hubs graph only
 }
 
 
