@@ -30,6 +30,9 @@ class AlgorithmConfig:
     name: Literal["local", "fedavg", "dlora", "dlora_fa", "decaf"] = "decaf"
     sv_split: Literal["balanced", "all_in_B"] = "balanced"  # decaf: how S is shared by B and A
     reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
+    # decaf: turn the new B, A by the orthogonal Q closest to the node's own factors (the same
+    # product B A), so the AdamW moments keep referring to roughly the same coordinates
+    align: bool = False
 
 
 # What the named models are (decaf_ray/node/zoo.py builds them): which tasks each one fits.

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "align_stacked",
     "drift_stacked",
     "factor_consensus_stacked",
     "interference_stacked",
@@ -148,6 +149,21 @@ def split_stacked(U: Tensor, S: Tensor, Vh: Tensor, mode: str) -> tuple[Tensor, 
     if mode == "all_in_B":
         return U * S.unsqueeze(-2), Vh.clone()
     raise ValueError(f"unknown split mode {mode!r}; expected 'balanced' or 'all_in_B'")
+
+
+def align_stacked(B: Tensor, A: Tensor, B_ref: Tensor, A_ref: Tensor) -> tuple[Tensor, Tensor]:
+    """(B Q, Q^T A): the factorization of B A closest to (B_ref, A_ref) among rotations.
+
+    B, B_ref (..., d, r) and A, A_ref (..., r, k). B A = (B G)(G^-1 A) for any invertible r x r
+    G; over orthogonal Q this picks argmin ||B Q - B_ref||_F^2 + ||Q^T A - A_ref||_F^2, an
+    orthogonal Procrustes problem: both terms reduce to -2 tr(Q^T M) with
+    M = B^T B_ref + A A_ref^T (..., r, r), and with M = P Sigma R^T the optimum is Q = P R^T.
+    Q Q^T = I, so the product is B A to rounding. Cost O((d + k) r^2); no d x k product.
+    """
+    M = B.mT @ B_ref + A @ A_ref.mT  # (..., r, r)
+    P, _, Rh = torch.linalg.svd(M)  # P (..., r, r), Rh = R^T (..., r, r)
+    Q = P @ Rh  # (..., r, r), orthogonal
+    return B @ Q, Q.mT @ A
 
 
 def interference_stacked(B: Tensor, A: Tensor, w: Tensor) -> Tensor:
