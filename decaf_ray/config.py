@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    name: Literal["local", "fedavg", "dlora", "dlora_fa", "decaf"] = "decaf"
+    # centralized: the oracle, one model on the union of the topology.n nodes' shards
+    name: Literal["local", "fedavg", "dlora", "dlora_fa", "decaf", "centralized"] = "decaf"
     sv_split: Literal["balanced", "all_in_B"] = "balanced"  # decaf: how S is shared by B and A
     reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
     # decaf: turn the new B, A by the orthogonal Q closest to the node's own factors (the same
@@ -223,6 +224,14 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Optional sweep: dotted key -> list of values; each combination is one run.
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def steps_per_round(self) -> int:
+        """Optimizer steps each simulated model takes per round: tau (train.local_steps), or
+        n tau for algorithm.name=centralized, whose one model does the steps of all n nodes."""
+        if self.algorithm.name == "centralized":
+            return self.train.local_steps * self.topology.n
+        return self.train.local_steps
 
 
 # --------------------------------------------------------------------------- building
@@ -511,10 +520,33 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
             ends = [int(x) for x in str(link).split("-") if x.strip().isdigit()]
             if any(not 0 <= e < n for e in ends):
                 p.append(f"schedule.link_loss key {link!r} names a node outside 0..{n - 1}")
+    if cfg.algorithm.name == "centralized":
+        p += _validate_centralized(cfg)
     if cfg.algorithm.name == "fedavg" and s.mode != "sync":
         p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not fedavg")
     if cfg.algorithm.name == "fedavg" and (s.churn or s.churn_p > 0):
         p.append("schedule.churn needs a decentralized algorithm: fedavg's server has no churn")
+    return p
+
+
+def _validate_centralized(cfg: RunConfig) -> list[str]:
+    """The oracle pools topology.n nodes into one model: options that name nodes or change
+    the graph have nothing to act on."""
+    s, p, why = cfg.schedule, [], "algorithm.name='centralized' trains one model"
+    if s.churn or s.churn_p > 0:
+        p.append(f"schedule.churn needs several nodes; {why}: remove the churn")
+    if s.compute in ("factors", "trace"):
+        p.append(
+            f"schedule.compute={s.compute!r} gives each node its own speed; {why}: use "
+            "constant, lognormal or pareto"
+        )
+    if s.graph != "static":
+        p.append(f"schedule.graph={s.graph!r} changes a graph; {why}: use schedule.graph=static")
+    if cfg.topology.name == "file" and cfg.topology.n < 1:
+        p.append(
+            "algorithm.name='centralized' pools the shards of topology.n nodes: with "
+            "topology.name='file', set topology.n to the file's node count"
+        )
     return p
 
 

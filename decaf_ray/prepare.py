@@ -101,7 +101,10 @@ def missing_paths(cfg: RunConfig) -> list[str]:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    """Load, split, partition and tokenise the data; build and check the graph and model."""
+    """Load, split, partition and tokenise the data; build and check the graph and model.
+
+    algorithm.name=centralized: the partition of the topology.n nodes is drawn as for any
+    method, then pooled into the one shard of a one-node run."""
     missing = missing_paths(cfg)
     if missing:
         raise ConfigError("missing input:\n  - " + "\n  - ".join(missing))
@@ -162,6 +165,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     local_parts = None
     if cfg.eval.on != "shared":
         parts, local_parts = _local_splits(parts, d.test_fraction, cfg.seed)
+    if cfg.algorithm.name == "centralized":  # the oracle: one node holding every node's rows
+        parts = [np.concatenate(parts)]
+        local_parts = None if local_parts is None else [np.concatenate(local_parts)]
+        graph, Pi, gap = nx.empty_graph(1), np.ones((1, 1)), 1.0
     num_labels = len(class_names)
     model_config = check_model(cfg.model, task, max(num_labels, 1))
     choices: tuple = ()

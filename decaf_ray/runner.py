@@ -154,7 +154,9 @@ def prepare_all(configs: list[RunConfig]) -> list[Prepared]:
     out = []
     for c in configs:
         parts = (c.topology, c.data, c.model, c.task)
+        pooled = c.algorithm.name == "centralized"  # one shard of every node's rows
         key = repr((*map(to_dict, parts), c.eval.on, c.schedule.graph, c.train.rounds, c.seed))
+        key += " pooled" if pooled else ""
         if key not in cache:
             cache[key] = prepare(c)
         out.append(cache[key])

@@ -1,6 +1,8 @@
-"""The five methods of the DeCAF paper, one file each, behind :class:`Algorithm`."""
+"""The five methods of the DeCAF paper and the centralized oracle, one file each, behind
+:class:`Algorithm`."""
 
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.centralized import Centralized
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.dlora_fa import DLoRAFA
@@ -9,7 +11,7 @@ from decaf_ray.algorithms.local import Local
 from decaf_ray.config import AlgorithmConfig
 
 REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Local, FedAvg, DLoRA, DLoRAFA, DeCAF)
+    cls.name: cls for cls in (Local, FedAvg, DLoRA, DLoRAFA, DeCAF, Centralized)
 }
 
 
@@ -32,4 +34,5 @@ __all__ = [
     "DLoRA",
     "DLoRAFA",
     "DeCAF",
+    "Centralized",
 ]

@@ -15,7 +15,7 @@ import ctypes
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ class RunSpec:
     def of(cls, cfg: RunConfig, choices=(), pad_id: int = 0) -> RunSpec:
         return cls(
             cfg.algorithm,
-            cfg.train,
+            replace(cfg.train, local_steps=cfg.steps_per_round),  # n tau for centralized
             cfg.eval.batch_size,
             cfg.model.same_init,
             cfg.seed,

@@ -68,7 +68,7 @@ def build_world(cfg: RunConfig, Pi: np.ndarray) -> World:
     slow = straggler_factors(
         n, T, s.straggler_fraction, s.straggler_factor, s.straggler_every, _seed(seed, _STRAGGLERS)
     )
-    compute_s = cfg.train.local_steps * steps * slow
+    compute_s = cfg.steps_per_round * steps * slow
     lost = loss_table(n, T, s.loss_p, s.link_loss, _seed(seed, _LOSS))
     active = active_table(n, T, s.churn, s.churn_p, s.churn_down, _seed(seed, _CHURN))
     mixings = round_mixings(cfg, Pi)
