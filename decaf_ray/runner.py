@@ -252,7 +252,9 @@ def _run_all(
                     pool = cluster.HostPool()
                 prep = next(preps_left)
                 frame = run_one(c, run_dir, pool, prep, resume=resume and run_dir.exists())
-            rows.append({"run": c.name, "algorithm": c.algorithm.name, **summarise(frame)})
+            swept = {k: _value(c, k) for k in cfg.sweep if k not in ("algorithm.name", "seed")}
+            row = {"run": c.name, "algorithm": c.algorithm.name, **swept, "seed": c.seed}
+            rows.append({**row, **summarise(frame)})
             table = pd.DataFrame(rows).set_index("run")
             table.to_csv(root / "summary.csv")  # rewritten after each run: a failure keeps it
     except RunStopped as stop:
@@ -263,4 +265,32 @@ def _run_all(
             pool.clear()
         if started:
             cluster.shutdown()
+    seeds = over_seeds(table)
+    if seeds is not None:
+        seeds.to_csv(root / "summary_seeds.csv")
+        return root, seeds
     return root, table
+
+
+def _value(cfg: RunConfig, dotted: str):
+    value = to_dict(cfg)
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+SEED_COLUMNS = ("mean_node_acc", "mean_node_f1", "avg_model_acc", "product_consensus")
+
+
+def over_seeds(table: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean, std and count over seeds of the summary's main figures, per combination of the
+    other swept values (None unless some combination ran with several seeds)."""
+    keys = [c for c in table.columns[: list(table.columns).index("seed")]]
+    if table.groupby(keys)["seed"].nunique().max() < 2:
+        return None
+    cols = [c for c in SEED_COLUMNS if c in table.columns]
+    out = table.groupby(keys, sort=False)[cols].agg(["mean", "std", "count"])
+    out.columns = [f"{c}_{stat}" if stat != "count" else f"{c}_n" for c, stat in out.columns]
+    n = out.pop(f"{cols[0]}_n")
+    out = out.drop(columns=[c for c in out.columns if c.endswith("_n")])
+    return out.assign(seeds=n)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -152,3 +157,34 @@ def run_tiny(pool, tmp_path):
         return run_one(cfg, run_dir, pool)
 
     return _run
+
+
+# dlora and decaf, 2 seeds each: the sweep behind the report, seed-summary and sweep-resume tests
+SWEEP = """\
+name: rep
+seed: 1
+topology: {name: ring, n: 4, mixing: uniform}
+data: {max_samples: 160, eval_samples: 40, max_length: 32, partition: dirichlet, alpha: 1.0}
+model: {name: tiny-bert, r: 4, alpha: 8}
+train: {rounds: 2, local_steps: 1, batch_size: 8, lr: 5.0e-3}
+eval: {every: 1}
+output: {progress: false}
+sweep:
+  algorithm.name: [dlora, decaf]
+  seed: [1, 2]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """The sweep, run by the CLI in a process of its own (its own Ray: the session's warm
+    hosts would hold every CPU a second pool asks for)."""
+    base = tmp_path_factory.mktemp("report")
+    (base / "sweep.yaml").write_text(SWEEP)
+    out = base / "sweep"
+    cmd = [sys.executable, "-m", "decaf_ray.cli", "run", str(base / "sweep.yaml")]
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--no-progress"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out

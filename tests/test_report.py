@@ -36,28 +36,11 @@ from decaf_ray.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["decaf", "dlora"]
-SWEEP = """\
-name: rep
-seed: 1
-topology: {name: ring, n: 4, mixing: uniform}
-data: {max_samples: 160, eval_samples: 40, max_length: 32, partition: dirichlet, alpha: 1.0}
-model: {name: tiny-bert, r: 4, alpha: 8}
-train: {rounds: 2, local_steps: 1, batch_size: 8, lr: 5.0e-3}
-eval: {every: 1}
-output: {progress: false}
-sweep:
-  algorithm.name: [dlora, decaf]
-  seed: [1, 2]
-"""
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(ray_cluster, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("report")
-    (base / "sweep.yaml").write_text(SWEEP)
-    out = base / "sweep"
-    assert main(["run", str(base / "sweep.yaml"), "--out", str(out), "--no-progress"]) == 0
-    return out
+def sweep_dir(tiny_sweep) -> Path:
+    return tiny_sweep
 
 
 @pytest.fixture(scope="module")

@@ -127,14 +127,19 @@ def _cli(*args: str) -> subprocess.Popen:
     )
 
 
+def _finish(proc: subprocess.Popen, code: int = 0) -> str:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    return err
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny):
     """The CLI is killed with SIGKILL (no chance to clean up) after its checkpoint of round 2;
-    `decaf-ray resume` goes on from it, and the whole table equals an uninterrupted run's."""
-    cfg = tiny_config(
-        train__rounds=5,
-        checkpoint__every=2,
-        schedule__debug_sleep_s={0: 0.4},
-    )
+    `decaf-ray resume` goes on from it, and the whole table equals an uninterrupted run's.
+    Then: a changed config is refused by name, a finished run is left alone, and growing
+    train.rounds extends the run to what a longer run gives."""
+    cfg = tiny_config(train__rounds=5, checkpoint__every=2, schedule__debug_sleep_s={0: 0.4})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     out = tmp_path / "out"
     proc = _cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress")
@@ -145,39 +150,53 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert checkpoint.saved_rounds(out) == [2]
-    killed_at = read_metrics(out / "metrics.parquet")["round"].max()
-    assert killed_at < 5
+    assert read_metrics(out / "metrics.parquet")["round"].max() < 5
 
     _finish(_cli("resume", str(out), "--no-progress"))
     got = read_metrics(out / "metrics.parquet")
-    want = run_tiny(train__rounds=5, checkpoint__every=2)
-    pd.testing.assert_frame_equal(comparable(got), comparable(want))
+    longer = comparable(run_tiny(train__rounds=6, checkpoint__every=2))  # every round is
+    first5 = longer[longer["round"] <= 5].reset_index(drop=True)  # evaluated: a prefix
+    pd.testing.assert_frame_equal(comparable(got), first5)
     assert checkpoint.latest_meta(out)["complete"]
     assert (out / "adapters" / "average" / "adapter_model.safetensors").exists()
 
-
-def _finish(proc: subprocess.Popen, code: int = 0) -> str:
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == code, err[-3000:]
-    assert "Traceback" not in err
-    return err
-
-
-def test_resume_refuses_a_changed_config_and_extends_rounds(tmp_path, run_tiny):
-    cfg = tiny_config(train__rounds=2)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    out = tmp_path / "out"
-    _finish(_cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"))
-    before = sorted(p.name for p in (out / "metrics.parquet").iterdir())
-
+    parts = sorted(p.name for p in (out / "metrics.parquet").iterdir())
     err = _finish(_cli("resume", str(out), "--set", "train.lr=0.1", "--set", "seed=4"), 2)
     assert "seed, train.lr differ" in err and err.strip().count("\n") == 0
-    assert sorted(p.name for p in (out / "metrics.parquet").iterdir()) == before
-    err = _finish(_cli("resume", str(out)))
-    assert "complete: kept as it is" in err
+    assert sorted(p.name for p in (out / "metrics.parquet").iterdir()) == parts
+    assert "complete: kept as it is" in _finish(_cli("resume", str(out)))
 
-    _finish(_cli("resume", str(out), "--set", "train.rounds=3", "--no-progress"))
-    got = read_metrics(out / "metrics.parquet")
-    want = run_tiny(train__rounds=3)
-    pd.testing.assert_frame_equal(comparable(got), comparable(want))
-    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["rounds"] == 3
+    _finish(_cli("resume", str(out), "--set", "train.rounds=6", "--no-progress"))
+    pd.testing.assert_frame_equal(comparable(read_metrics(out / "metrics.parquet")), longer)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["rounds"] == 6
+
+
+def test_a_seed_sweep_is_summarised_over_seeds(tiny_sweep):
+    runs = pd.read_csv(tiny_sweep / "summary.csv", index_col="run")
+    seeds = pd.read_csv(tiny_sweep / "summary_seeds.csv", index_col="algorithm")
+    assert sorted(seeds.index) == ["decaf", "dlora"] and (seeds["seeds"] == 2).all()
+    for method, rows in runs.groupby("algorithm"):
+        acc = rows["mean_node_acc"]
+        assert seeds.loc[method, "mean_node_acc_mean"] == pytest.approx(acc.mean())
+        assert seeds.loc[method, "mean_node_acc_std"] == pytest.approx(acc.std())
+
+
+def test_an_interrupted_sweep_resumes_run_by_run(tiny_sweep, tmp_path):
+    """A copy of the finished sweep made to look stopped: one run never started (no folder),
+    one killed before its first checkpoint (parts, no checkpoint). Resume keeps the two
+    finished runs as they are and redoes the others to the same metrics."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep, ignore=shutil.ignore_patterns(".lock"))
+    shutil.rmtree(sweep / "rep-decaf-2")
+    shutil.rmtree(sweep / "rep-dlora-2" / "checkpoints")
+    kept = {p: p.stat().st_mtime_ns for p in (sweep / "rep-dlora-1").rglob("*.parquet")}
+    err = _finish(_cli("resume", str(sweep), "--no-progress"))
+    assert err.count("is complete: kept as it is") == 2
+    assert {p: p.stat().st_mtime_ns for p in (sweep / "rep-dlora-1").rglob("*.parquet")} == kept
+    for name in ("rep-decaf-2", "rep-dlora-2"):
+        got = read_metrics(sweep / name / "metrics.parquet")
+        want = read_metrics(tiny_sweep / name / "metrics.parquet")
+        pd.testing.assert_frame_equal(comparable(got), comparable(want))
+    assert len(pd.read_csv(sweep / "summary.csv")) == 4
