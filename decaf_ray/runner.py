@@ -79,7 +79,9 @@ def _simulate(
 ) -> pd.DataFrame:
     from decaf_ray.engine.cluster import start_hosts
 
+    t0 = time.perf_counter()
     saved = checkpoint.latest(run_dir) if from_checkpoint else None
+    read_s = time.perf_counter() - t0
     log = MetricsLog(run_dir, keep_parts=saved.parts if saved else 0)
     t0 = time.perf_counter()
     hosts = start_hosts(cfg, prep, pool)
@@ -88,8 +90,14 @@ def _simulate(
     (run_dir / "placement.json").write_text(json.dumps({"hosts": placement}, indent=1))
     sim = Executor(cfg, prep, hosts, log, setup_s)
     if saved:
+        t0 = time.perf_counter()
         hosts.restore(saved.nodes)
         sim.restore(saved.book, saved.values)
+        print(
+            f"decaf-ray: {cfg.name} goes on after round {saved.round_idx} (checkpoint read in "
+            f"{read_s:.1f} s, restored in {time.perf_counter() - t0:.1f} s)",
+            file=sys.stderr,
+        )
         del saved  # the driver's copy of every adapter: free it before the run goes on
     sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
     save_adapters(cfg, sim.final_states(), hosts, run_dir)
