@@ -12,39 +12,93 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 
 from decaf_ray.algorithms import Adapter
-from decaf_ray.config import RunConfig
+from decaf_ray.config import ConfigError, RunConfig
 from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, plan_hosts
 from decaf_ray.node import HostService, HostSpec, Part, RunSpec
 from decaf_ray.prepare import Prepared
 
+_saved_env: dict[str, str | None] = {}
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Make sure Ray is up; return True when this call started it (and should stop it)."""
+    """Make sure Ray is up; return True when this call started it (and should stop it).
+
+    A local cluster (no address) is always a new one of this process, never one found
+    running on the machine or named by RAY_ADDRESS, and it requires a token: a fresh random
+    one, in this process's environment only (its Ray processes inherit it; nothing writes it
+    to disk), so no other process that can reach its ports can submit work to it. Joining a
+    cluster uses the user's own Ray settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN or
+    ~/.ray/auth_token); an address nothing answers at fails within seconds.
+    """
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for local runs
     kwargs: dict[str, Any] = dict(
         include_dashboard=False, log_to_driver=True, configure_logging=False
     )
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # "local": always a new cluster of this process, never one found running on the
-        # machine or named by RAY_ADDRESS (a local run stays local; --address joins one)
+    if not address:
+        for key, value in (("RAY_AUTH_MODE", "token"), ("RAY_AUTH_TOKEN", secrets.token_hex(24))):
+            _saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        _reload_auth()
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    else:
+        _check_answers(address)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"could not join the Ray cluster at {address!r} ({str(exc).splitlines()[0]}): "
+                "if it requires a token, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                "~/.ray/auth_token) as on the cluster"
+            ) from None
     stopping.reinstall()
     return True
 
 
+def _reload_auth() -> None:
+    """Make this process's Ray see the auth settings now in its environment (Ray reads them
+    once and caches them; its own ``_enable_token_auth`` reloads the same way)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _check_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that nothing listens at: one clear error now, not Ray's long retries."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); start the "
+            "cluster first (`ray start --head` prints its address) or leave --address out "
+            "for a local run"
+        ) from None
+
+
 def shutdown() -> None:
     ray.shutdown()
+    for key, value in _saved_env.items():  # the local token dies with its cluster
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if _saved_env:
+        _saved_env.clear()
+        _reload_auth()
 
 
 def cluster_cpus() -> float:
