@@ -27,14 +27,29 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    # centralized: the oracle, one model on the union of the topology.n nodes' shards
-    name: Literal["local", "fedavg", "dlora", "dlora_fa", "decaf", "centralized"] = "decaf"
+    # centralized: the oracle, one model on the union of the topology.n nodes' shards;
+    # ffa_lora, fedsa_lora, flexlora: federated (a server); dfedsa_lora: on the graph
+    name: Literal[
+        "local",
+        "fedavg",
+        "dlora",
+        "dlora_fa",
+        "decaf",
+        "centralized",
+        "ffa_lora",
+        "fedsa_lora",
+        "dfedsa_lora",
+        "flexlora",
+    ] = "decaf"
     sv_split: Literal["balanced", "all_in_B"] = "balanced"  # decaf: how S is shared by B and A
     reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
     # decaf: turn the new B, A by the orthogonal Q closest to the node's own factors (the same
     # product B A), so the AdamW moments keep referring to roughly the same coordinates
     align: bool = False
 
+
+# algorithms with a server that averages every message of a round (sync schedules only)
+SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora")
 
 # What the named models are (decaf_ray/node/zoo.py builds them): which tasks each one fits.
 ENCODER_MODELS = ("minilm", "tiny-bert")
@@ -522,10 +537,16 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
                 p.append(f"schedule.link_loss key {link!r} names a node outside 0..{n - 1}")
     if cfg.algorithm.name == "centralized":
         p += _validate_centralized(cfg)
-    if cfg.algorithm.name == "fedavg" and s.mode != "sync":
-        p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not fedavg")
-    if cfg.algorithm.name == "fedavg" and (s.churn or s.churn_p > 0):
-        p.append("schedule.churn needs a decentralized algorithm: fedavg's server has no churn")
+    name = cfg.algorithm.name
+    if name in SERVER_ALGORITHMS and s.mode != "sync":
+        p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not {name}")
+    if name in SERVER_ALGORITHMS and (s.churn or s.churn_p > 0):
+        p.append(f"schedule.churn needs a decentralized algorithm: {name}'s server has no churn")
+    if name in ("dlora_fa", "ffa_lora") and not cfg.model.same_init:
+        p.append(
+            f"algorithm.name={name!r} keeps A at its initial value and needs it equal on every "
+            "node: set model.same_init=true"
+        )
     return p
 
 

@@ -1,4 +1,5 @@
-"""The five methods of the DeCAF paper and the centralized oracle, one file each, behind
+"""The five methods of the DeCAF paper, their LoRA-family relatives (FFA-LoRA, FedSA-LoRA
+federated and decentralized, FlexLoRA) and the centralized oracle, one file each, behind
 :class:`Algorithm`."""
 
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
@@ -7,11 +8,26 @@ from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.dlora_fa import DLoRAFA
 from decaf_ray.algorithms.fedavg import FedAvg
+from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
+from decaf_ray.algorithms.ffa_lora import FFALoRA
+from decaf_ray.algorithms.flexlora import FlexLoRA
 from decaf_ray.algorithms.local import Local
 from decaf_ray.config import AlgorithmConfig
 
 REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Local, FedAvg, DLoRA, DLoRAFA, DeCAF, Centralized)
+    cls.name: cls
+    for cls in (
+        Local,
+        FedAvg,
+        DLoRA,
+        DLoRAFA,
+        DeCAF,
+        Centralized,
+        FFALoRA,
+        FedSALoRA,
+        DFedSALoRA,
+        FlexLoRA,
+    )
 }
 
 
@@ -35,4 +51,8 @@ __all__ = [
     "DLoRAFA",
     "DeCAF",
     "Centralized",
+    "FFALoRA",
+    "FedSALoRA",
+    "DFedSALoRA",
+    "FlexLoRA",
 ]

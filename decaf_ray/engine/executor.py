@@ -449,13 +449,15 @@ class Executor:
             r.combined_at = r.trained_at
 
     def _server_step(self, t: int) -> None:
-        """fedavg: the server averages the round's messages, weighted by shard size."""
+        """A server method (fedavg...): the server aggregates the round's messages (weighted
+        by shard size, as the method says)."""
         ids = [st.node for st in self._round_steps[t]]
         messages = self.hosts.fetch([self._messages.pop((i, t)) for i in ids])
         sizes = self.sizes[ids]
         self._server[t] = self.hosts.put(self.algorithm.aggregate(messages, sizes))
         interference = self.algorithm.server_interference(messages, sizes)
-        self.log.add(t, NETWORK, "interference", interference, self.plan.round_end_s(t))
+        if interference is not None:  # None: the method averages no product
+            self.log.add(t, NETWORK, "interference", interference, self.plan.round_end_s(t))
 
     def _on_combined(self, t: int, reply: Reply[Combined]) -> None:
         for i, c in reply.nodes.items():

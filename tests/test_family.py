@@ -1,0 +1,146 @@
+"""The LoRA family around DeCAF: FFA-LoRA, FedSA-LoRA (federated and on the graph) and
+FlexLoRA, each by its defining property on the pure maths and end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_algorithms import RANK, SHAPES, adapter, product
+
+from conftest import host_of, net, run_in_process, tiny_config
+from decaf_ray.algorithms import REGISTRY, make_algorithm
+from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
+from decaf_ray.algorithms.ffa_lora import FFALoRA
+from decaf_ray.algorithms.flexlora import FlexLoRA
+from decaf_ray.config import SERVER_ALGORITHMS, AlgorithmConfig, ConfigError
+from decaf_ray.math import tsvd_dense
+
+FAMILY = ("ffa_lora", "fedsa_lora", "dfedsa_lora", "flexlora")
+
+
+def _round(algo, messages, sizes):
+    """A server round: aggregate, then every node combines the server's result."""
+    server = algo.aggregate([algo.message(m) for m in messages], sizes)
+    return [algo.combine(m, [(1.0, server)])[0] for m in messages]
+
+
+def test_server_methods_are_the_ones_config_treats_as_such():
+    server = {name for name, cls in REGISTRY.items() if cls.uses_server}
+    assert server == set(SERVER_ALGORITHMS)
+    for name in FAMILY:
+        assert make_algorithm(AlgorithmConfig(name=name)).name == name
+
+
+def test_ffa_lora_keeps_the_shared_A_and_averages_B_exactly():
+    rng = np.random.default_rng(1)
+    first = adapter(rng)
+    nodes = [adapter(rng) for _ in range(3)]
+    for a in nodes:  # the shared, frozen A of every node
+        a.A.update(first.A)
+    sizes = [10, 30, 60]
+    algo = FFALoRA()
+    assert algo.message(nodes[0]).A == {} and not algo.trains_A
+    new = _round(algo, nodes, sizes)
+    p = np.array(sizes) / 100
+    for m in SHAPES:
+        mean_product = sum(pj * product(a, m) for pj, a in zip(p, nodes))
+        for a in new:
+            assert a.A[m] is first.A[m] or np.array_equal(a.A[m], first.A[m])
+            np.testing.assert_allclose(product(a, m), mean_product, atol=1e-5)
+    assert algo.server_interference([algo.message(a) for a in nodes], sizes) == 0.0
+
+
+@pytest.mark.parametrize("cls", [FedSALoRA, DFedSALoRA])
+def test_fedsa_lora_shares_A_and_keeps_each_B_private(cls):
+    rng = np.random.default_rng(2)
+    nodes = [adapter(rng) for _ in range(3)]
+    algo = cls()
+    msg = algo.message(nodes[0])
+    assert msg.B == {} and msg.nbytes == sum(x.nbytes for x in [*nodes[0].A.values()]) + sum(
+        x.nbytes for x in nodes[0].extra.values()
+    )
+    w = [0.2, 0.3, 0.5]
+    if algo.uses_server:
+        new = _round(algo, nodes, [2, 3, 5])
+    else:
+        inbox = [(wj, algo.message(a)) for wj, a in zip(w, nodes)]
+        new = [algo.combine(a, inbox)[0] for a in nodes]
+    for m in SHAPES:
+        mean_A = sum(wj * a.A[m].astype(np.float64) for wj, a in zip(w, nodes))
+        for old, a in zip(nodes, new):
+            np.testing.assert_allclose(a.A[m], mean_A, atol=1e-6)
+            assert np.array_equal(a.B[m], old.B[m])  # never sent, never changed
+    mean_head = sum(wj * a.extra["head"].astype(np.float64) for wj, a in zip(w, nodes))
+    np.testing.assert_allclose(new[0].extra["head"], mean_head, atol=1e-6)
+
+
+def test_flexlora_clients_get_the_tsvd_of_the_servers_weighted_mean():
+    rng = np.random.default_rng(3)
+    nodes = [adapter(rng) for _ in range(4)]
+    sizes = [5, 10, 20, 15]
+    algo = FlexLoRA()
+    new = _round(algo, nodes, sizes)
+    p = np.array(sizes) / sum(sizes)
+    tail = 0.0
+    for m in SHAPES:
+        mean_product = sum(pj * product(a, m) for pj, a in zip(p, nodes))
+        ref = tsvd_dense(mean_product, RANK)
+        best = ref.U @ np.diag(ref.S) @ ref.Vh
+        tail += ref.tail_energy
+        for a in new:
+            assert a.B[m].shape == nodes[0].B[m].shape
+            np.testing.assert_allclose(product(a, m), best, atol=1e-5)
+    messages = [algo.message(a) for a in nodes]
+    assert algo.server_interference(messages, sizes) == pytest.approx(np.sqrt(tail), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_each_method_runs_end_to_end_with_its_property(tmp_path, name):
+    cfg = tiny_config(algorithm__name=name, train__rounds=2)
+    sim, frame = run_in_process(cfg, tmp_path)
+    states = sim.final_states()
+    final = sim.hosts.fetch([states[i] for i in sorted(states)])
+    modules = final[0].modules
+    assert set(frame.metric) >= {"train_loss", "eval_acc", "mean_node_acc", "bytes_sent"}
+    assert net(frame, "mean_node_acc").index.max() == 2
+    sent = frame[frame.metric == "bytes_sent"]
+    a_bytes = sum(x.nbytes for x in final[0].A.values())
+    b_bytes = sum(x.nbytes for x in final[0].B.values())
+    head = sum(x.nbytes for x in final[0].extra.values())
+    if name == "ffa_lora":  # A never trains: every node's A is the shared initial one
+        assert (sent.value == b_bytes + head).all()
+        initial = host_of(cfg)[0].adapter(0)
+        for a in final:
+            for m in modules:
+                assert np.array_equal(a.A[m], initial.A[m])
+    if name in ("fedsa_lora", "dfedsa_lora"):  # A (and the head) travel, B stays private
+        assert (sent.value > 0).all() and (sent.value % (a_bytes + head) == 0).all()
+        assert any(not np.array_equal(final[0].B[m], final[1].B[m]) for m in modules)
+    if name == "fedsa_lora":
+        for a in final:
+            for m in modules:
+                np.testing.assert_allclose(a.A[m], final[0].A[m], atol=1e-7)
+    if name == "flexlora":  # one server product for every node
+        for a in final:
+            for m in modules:
+                np.testing.assert_allclose(a.B[m] @ a.A[m], final[0].B[m] @ final[0].A[m])
+        assert (net(frame, "interference") >= 0).all()
+        assert (sent.value == a_bytes + b_bytes + head).all()
+
+
+@pytest.mark.parametrize("name", ["ffa_lora", "flexlora", "fedsa_lora"])
+def test_server_methods_refuse_asynchrony_and_churn(name):
+    with pytest.raises(ConfigError) as err:
+        tiny_config(algorithm__name=name, schedule__mode="async", schedule__churn=[[0, 1, 2]])
+    assert f"not {name}" in str(err.value) and f"{name}'s server has no churn" in str(err.value)
+
+
+def test_frozen_A_methods_need_a_shared_start():
+    with pytest.raises(ConfigError, match="set model.same_init=true"):
+        tiny_config(algorithm__name="ffa_lora", model__same_init=False)
+
+
+def test_the_family_runs_on_ray(run_tiny):
+    for name in FAMILY:
+        frame = run_tiny(algorithm__name=name, train__rounds=2)
+        assert net(frame, "mean_node_acc").index.max() == 2, name
