@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,28 @@ class RunDirError(ConfigError):
 def run_files(path: Path) -> list[str]:
     """The files of an earlier run in ``path`` (empty: the folder can take a run)."""
     return [name for name in RUN_FILES if (path / name).exists()]
+
+
+MIN_FREE_BYTES = 256 * 2**20  # metrics parts, checkpoints, adapters: refuse less than this
+
+
+def check_writable(path: Path) -> None:
+    """Before any work: the run folder ``path`` can be made and written, with room to spare
+    (its nearest existing ancestor is a writable folder on a disk with 256 MiB free)."""
+    path = Path(path).resolve()
+    base = path
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise RunDirError(f"cannot make the run folder {str(path)!r}: {str(base)!r} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write the run folder {str(path)!r}: {str(base)!r} is read-only")
+    free = shutil.disk_usage(base).free
+    if free < MIN_FREE_BYTES:
+        raise RunDirError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {str(base)!r}: a run writes "
+            f"metrics, checkpoints and adapters there; free some space or choose another --out"
+        )
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from decaf_ray.engine.log import NETWORK, MetricsLog, read_metrics
 from decaf_ray.engine.saving import save_adapters
 from decaf_ray.engine.stopping import RunStopped
 from decaf_ray.prepare import Prepared, prepare
-from decaf_ray.rundir import RunDirError, claim
+from decaf_ray.rundir import RunDirError, check_writable, claim
 
 if TYPE_CHECKING:
     from decaf_ray.engine.cluster import HostPool
@@ -174,8 +174,9 @@ def prepare_all(configs: list[RunConfig]) -> list[Prepared]:
 def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Run ``cfg`` and every sweep combination; return the folder and a summary table."""
     configs = expand_sweep(cfg)
-    preps = prepare_all(configs)  # every bad input fails here, before Ray starts
     base = Path(out) if out else Path(cfg.output.dir)
+    check_writable(base)
+    preps = prepare_all(configs)  # every bad input fails here, before Ray starts
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = new_run_dir(base, f"{cfg.name}-{stamp}") if out is None else base
     with claim(root):  # a folder that holds a run, or is being written, is refused here
@@ -198,6 +199,7 @@ def resume(folder: Path, overrides: list[str] = ()) -> tuple[Path, pd.DataFrame]
             "folder that `decaf-ray run` printed"
         )
     cfg = load_config(source, list(overrides))
+    check_writable(folder)
     configs = expand_sweep(cfg)
     dirs = [folder / c.name for c in configs] if sweep.exists() else [folder]
     todo = [(c, d) for c, d in zip(configs, dirs) if not _finished(c, d)]

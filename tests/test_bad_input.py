@@ -83,6 +83,18 @@ def test_invalid_mixing_matrix_given_directly():
         (["--set", 'schedule.link_loss={"0-99": 0.5}'], "'0-99' names a node outside 0..9"),
         (["--set", "schedule.debug_sleep_s={99: 1}"], "names node 99; nodes are 0..9"),
         (["--set", "cluster.gpus_per_host=64"], "cluster.gpus_per_host=64 is more than the"),
+        (["--set", "checkpoint.every=-1"], "checkpoint.every=-1 must be >= 0"),
+        (["--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be at least 1"),
+        (["--set", "cluster.restarts=-1"], "cluster.restarts=-1 must be >= 0"),
+        (["--set", "cluster.call_timeout_s=0"], "cluster.call_timeout_s=0.0 must be positive"),
+        (
+            ["--set", "algorithm.name=ffa_lora", "--set", "model.same_init=false"],
+            "needs it equal on every node: set model.same_init=true",
+        ),
+        (
+            ["--set", "algorithm.name=flexlora", "--set", "schedule.mode=async"],
+            "schedule.mode='async' needs a decentralized algorithm, not flexlora",
+        ),
     ],
 )
 def test_cli_reports_one_clear_line(args, needle, capsys, tmp_path):
@@ -164,3 +176,22 @@ def test_cuda_on_a_machine_without_it_stops_before_ray():
 def test_debug_shows_the_traceback_of_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="model.alpha=0.0 must be positive"):
         main(["--debug", "run", "runs/demo.yaml", "--set", "model.alpha=0", "--out", str(tmp_path)])
+
+
+def test_an_output_folder_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["run", "runs/demo.yaml", "--out", str(tmp_path / "file" / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and "Traceback" not in err
+
+
+def test_a_nearly_full_disk_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 2**20, 2**20))
+    code = main(["run", "runs/demo.yaml", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "only 1 MiB free on the disk" in err
+    assert not (tmp_path / "run").exists()  # nothing made
