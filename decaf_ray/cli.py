@@ -41,14 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     r.add_argument("config", help="YAML config file, e.g. runs/demo.yaml")
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1e-4 (repeatable; "
-        "the value is read as YAML)",
+    _add_run_options(
+        r,
+        "override a config value, e.g. --set train.lr=1e-4 (repeatable; the value is read as YAML)",
     )
     r.add_argument("--out", default=None, help="result folder (default: output.dir/<name>-<time>)")
     r.add_argument(
@@ -56,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="join a Ray cluster ('auto' or HOST:PORT) instead of starting one",
     )
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_resume_parser(sub)
     t = sub.add_parser(
         "topologies",
@@ -86,15 +80,15 @@ def _add_resume_parser(sub) -> None:
         "  decaf-ray resume runs/out/demo-20261201-101500/demo-decaf --set train.rounds=20",
     )
     r.add_argument("folder", help="a run or sweep folder written by `decaf-ray run`")
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change an allowed key, e.g. --set train.rounds=20 (repeatable)",
+    _add_run_options(r, "change an allowed key, e.g. --set train.rounds=20 (repeatable)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """--set and --no-progress, shared by run and resume."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help
     )
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_bench_parser(sub) -> None:
