@@ -542,7 +542,7 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not {name}")
     if name in SERVER_ALGORITHMS and (s.churn or s.churn_p > 0):
         p.append(f"schedule.churn needs a decentralized algorithm: {name}'s server has no churn")
-    if name in ("dlora_fa", "ffa_lora") and not cfg.model.same_init:
+    if name == "ffa_lora" and not cfg.model.same_init:  # (dlora_fa lets one try it)
         p.append(
             f"algorithm.name={name!r} keeps A at its initial value and needs it equal on every "
             "node: set model.same_init=true"
