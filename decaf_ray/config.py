@@ -182,6 +182,17 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ExchangeConfig:
+    """How messages travel (decaf_ray/math/compress.py): each tensor a node sends packed by
+    ``compress`` (none, fp16, bf16, int8, topk); bytes sent count the packed size. A server's
+    broadcast is not compressed."""
+
+    compress: Literal["none", "fp16", "bf16", "int8", "topk"] = "none"
+    topk_fraction: float = 0.1  # topk: the share of values sent (the largest in magnitude)
+    int8_block: int = 0  # int8: values per scale (0: one scale per row)
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     """Whole-simulation checkpoints in <run>/checkpoints/ (``decaf-ray resume`` reads them):
     every ``every`` rounds, when a run is stopped by a signal, and at its end (0: at a stop
@@ -236,6 +247,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Optional sweep: dotted key -> list of values; each combination is one run.
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -420,6 +432,16 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append(f"cluster.restarts={cfg.cluster.restarts} must be >= 0 (0: no recovery)")
     if cfg.cluster.call_timeout_s is not None and cfg.cluster.call_timeout_s <= 0:
         p.append(f"cluster.call_timeout_s={cfg.cluster.call_timeout_s} must be positive (or null)")
+    x = cfg.exchange
+    if x.compress != "none" and cfg.algorithm.name in ("local", "centralized"):
+        p.append(
+            f"exchange.compress={x.compress!r} with algorithm.name={cfg.algorithm.name!r}, which "
+            "sends no messages: leave exchange.compress at none"
+        )
+    if not 0.0 < x.topk_fraction <= 1.0:
+        p.append(f"exchange.topk_fraction={x.topk_fraction} must lie in (0, 1]")
+    if x.int8_block < 0:
+        p.append(f"exchange.int8_block={x.int8_block} must be >= 0 (0: one scale per row)")
     if cfg.checkpoint.every < 0:
         p.append(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)")
     if cfg.checkpoint.keep < 1:

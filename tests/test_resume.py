@@ -35,6 +35,8 @@ MODES = {
                       "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3],
                       "schedule__churn": [[1, 2, 4]]},
     "fedavg": {"algorithm__name": "fedavg"},
+    "async-int8": {"schedule__mode": "async", "schedule__compute": "factors",
+                   "schedule__factors": [1, 2, 1, 3], "exchange__compress": "int8"},
     "dlora_fa": {"algorithm__name": "dlora_fa", "schedule__mode": "async",
                  "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3]},
 }  # fmt: skip

@@ -2,7 +2,14 @@
 federated and decentralized, FlexLoRA) and the centralized oracle, one file each, behind
 :class:`Algorithm`."""
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.base import (
+    Adapter,
+    Algorithm,
+    Inbox,
+    mix_adapters,
+    pack_adapter,
+    unpack_adapter,
+)
 from decaf_ray.algorithms.centralized import Centralized
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
@@ -43,6 +50,8 @@ __all__ = [
     "Algorithm",
     "Inbox",
     "mix_adapters",
+    "pack_adapter",
+    "unpack_adapter",
     "make_algorithm",
     "REGISTRY",
     "Local",

@@ -42,6 +42,30 @@ class Adapter:
         return list(self.B)
 
 
+def pack_adapter(adapter: Adapter, codec: str, fraction: float = 0.1, block: int = 0) -> Adapter:
+    """``adapter`` with every tensor packed by ``codec`` (its ``nbytes``: what travels)."""
+    from decaf_ray.math.compress import pack
+
+    def part(d: dict) -> dict:
+        return {k: pack(v, codec, fraction, block) for k, v in d.items()}
+
+    return Adapter(A=part(adapter.A), B=part(adapter.B), extra=part(adapter.extra))
+
+
+def unpack_adapter(adapter: Adapter) -> Adapter:
+    """The plain adapter a packed one stands for (a plain one is returned as it is)."""
+    from decaf_ray.math.compress import Packed, unpack
+
+    values = [v for d in (adapter.A, adapter.B, adapter.extra) for v in d.values()]
+    if not any(isinstance(v, Packed) for v in values):
+        return adapter
+
+    def part(d: dict) -> dict:
+        return {k: unpack(v) if isinstance(v, Packed) else v for k, v in d.items()}
+
+    return Adapter(A=part(adapter.A), B=part(adapter.B), extra=part(adapter.extra))
+
+
 Inbox = Sequence[tuple[float, Adapter]]  # (mixing weight, message), the node's own included
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decaf_ray.algorithms import Adapter, make_algorithm
+from decaf_ray.algorithms import Adapter, make_algorithm, unpack_adapter
 from decaf_ray.config import RunConfig
 from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, Ticket
@@ -177,7 +177,8 @@ class Executor:
             ("server", server),
         ):
             keys = sorted(held)
-            out[kind] = dict(zip(keys, self.hosts.fetch([held[k] for k in keys])))
+            values = self.hosts.fetch([held[k] for k in keys])
+            out[kind] = {k: unpack_adapter(v) for k, v in zip(keys, values)}  # plain arrays
         return out
 
     def bookkeeping(self) -> dict:
@@ -452,7 +453,8 @@ class Executor:
         """A server method (fedavg...): the server aggregates the round's messages (weighted
         by shard size, as the method says)."""
         ids = [st.node for st in self._round_steps[t]]
-        messages = self.hosts.fetch([self._messages.pop((i, t)) for i in ids])
+        packed = self.hosts.fetch([self._messages.pop((i, t)) for i in ids])
+        messages = [unpack_adapter(m) for m in packed]
         sizes = self.sizes[ids]
         self._server[t] = self.hosts.put(self.algorithm.aggregate(messages, sizes))
         interference = self.algorithm.server_interference(messages, sizes)

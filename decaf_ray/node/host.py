@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from decaf_ray.algorithms import Adapter, Inbox, make_algorithm
-from decaf_ray.config import AlgorithmConfig, ModelConfig, RunConfig, TrainConfig
+from decaf_ray.algorithms import Adapter, Inbox, make_algorithm, pack_adapter
+from decaf_ray.config import AlgorithmConfig, ExchangeConfig, ModelConfig, RunConfig, TrainConfig
 from decaf_ray.data import Shard
 from decaf_ray.node.batched import plan_groups, stackable, train_group
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
@@ -61,6 +61,7 @@ class RunSpec:
     choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labelled data: each answer's ids
     pad_id: int = 0
     eval_on: str = "shared"  # shared | local | both (eval.on)
+    exchange: ExchangeConfig = ExchangeConfig()  # how messages are packed
 
     @classmethod
     def of(cls, cfg: RunConfig, choices=(), pad_id: int = 0) -> RunSpec:
@@ -73,6 +74,7 @@ class RunSpec:
             tuple(tuple(c) for c in choices),
             pad_id,
             cfg.eval.on,
+            cfg.exchange,
         )
 
 
@@ -244,7 +246,7 @@ class Host:
                 set_lr(node.optimizer, lr)
                 adapter = self._adapter_from({k: x[j].copy() for k, x in res.tensors.items()})
                 out[node.node_id] = TrainResult(
-                    res.losses[j], res.seconds_per_node, adapter, self.algorithm.message(adapter)
+                    res.losses[j], res.seconds_per_node, adapter, self.outgoing(adapter)
                 )
         return out
 
@@ -263,8 +265,16 @@ class Host:
             losses.append(loss.detach())
         loss = float(torch.stack(losses).mean())
         adapter = self.adapter(node.node_id)
+        return TrainResult(loss, time.perf_counter() - t0, adapter, self.outgoing(adapter))
+
+    def outgoing(self, adapter: Adapter) -> Adapter:
+        """What a node whose state is ``adapter`` sends: the algorithm's message, packed as
+        ``exchange.compress`` says."""
         message = self.algorithm.message(adapter)
-        return TrainResult(loss, time.perf_counter() - t0, adapter, message)
+        x = self.run.exchange
+        if x.compress == "none":
+            return message
+        return pack_adapter(message, x.compress, x.topk_fraction, x.int8_block)
 
     def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
         """Each listed node combines its (weight, message) inbox with the algorithm's rule."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from decaf_ray.algorithms import Adapter
+from decaf_ray.algorithms import Adapter, unpack_adapter
 from decaf_ray.data import Shard
 from decaf_ray.node.host import Host, HostSpec, RunSpec
 
@@ -112,7 +112,7 @@ class HostService:
     def message_bytes(self) -> int:
         """Size of one node's message (the same for every node and round of a run)."""
         host = self.host
-        return host.algorithm.message(host.adapter(min(host.nodes))).nbytes
+        return host.outgoing(host.adapter(min(host.nodes))).nbytes
 
     def states(self, node_ids: list[int]) -> dict[int, Part]:
         """The nodes' current states, put as one object."""
@@ -150,8 +150,11 @@ class HostService:
         t0 = time.perf_counter()
         values = iter(self.store.get_parts([p for entries in inboxes.values() for _, p in entries]))
         message = self.host.algorithm.message
-        fetched = {
-            i: [(w, message(v) if as_messages else v) for (w, _), v in zip(entries, values)]
+        fetched = {  # a rejoin cuts states to messages; packed messages are unpacked
+            i: [
+                (w, message(v) if as_messages else unpack_adapter(v))
+                for (w, _), v in zip(entries, values)
+            ]
             for i, entries in inboxes.items()
         }
         fetch_s = time.perf_counter() - t0
