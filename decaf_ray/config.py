@@ -179,6 +179,7 @@ class OutputConfig:
     # peft adapter folders at the end of a run: none, the network-average model, or all
     # (every node's too): adapters/average, adapters/node-007 (load with PeftModel)
     save_adapters: Literal["none", "average", "all"] = "average"
+    save_nodes: tuple[int, ...] = ()  # also save these nodes' own adapters (with average)
 
 
 @dataclass(frozen=True)
@@ -553,6 +554,9 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         for node in s.debug_sleep_s:
             if not 0 <= int(node) < n:
                 p.append(f"schedule.debug_sleep_s names node {node}; nodes are 0..{n - 1}")
+        for node in cfg.output.save_nodes:
+            if not 0 <= int(node) < n:
+                p.append(f"output.save_nodes names node {node}; nodes are 0..{n - 1}")
         for link in s.link_loss:
             ends = [int(x) for x in str(link).split("-") if x.strip().isdigit()]
             if any(not 0 <= e < n for e in ends):

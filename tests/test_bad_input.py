@@ -83,6 +83,7 @@ def test_invalid_mixing_matrix_given_directly():
         (["--set", 'schedule.link_loss={"0-99": 0.5}'], "'0-99' names a node outside 0..9"),
         (["--set", "schedule.debug_sleep_s={99: 1}"], "names node 99; nodes are 0..9"),
         (["--set", "cluster.gpus_per_host=64"], "cluster.gpus_per_host=64 is more than the"),
+        (["--set", "output.save_nodes=[12]"], "output.save_nodes names node 12; nodes are 0..9"),
         (["--set", "checkpoint.every=-1"], "checkpoint.every=-1 must be >= 0"),
         (["--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be at least 1"),
         (["--set", "cluster.restarts=-1"], "cluster.restarts=-1 must be >= 0"),

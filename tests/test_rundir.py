@@ -122,3 +122,11 @@ def test_saved_adapters_load_in_peft_and_give_the_logged_evaluation(pool, tmp_pa
         model = PeftModel.from_pretrained(base, str(tmp_path / "r" / "adapters" / name))
         got = Classify(prep.num_labels).evaluate(model, data, 64)
         assert got["loss"] == pytest.approx(last[node], rel=1e-5), name
+
+
+def test_save_nodes_adds_those_nodes_adapters_to_the_average(tmp_path, pool):
+    from decaf_ray.runner import run_one
+
+    run_one(tiny_config(output__save_nodes=[3, 1], train__rounds=1), tmp_path / "r", pool)
+    saved = sorted(p.name for p in (tmp_path / "r" / "adapters").iterdir())
+    assert saved == ["average", "node-001", "node-003"]

@@ -2,7 +2,8 @@
 
 ``output.save_adapters``: ``average`` (the default) saves the network-average model, the one
 logged at node -1: the mean of every node's update, exactly (rank n r, so its size grows with
-n); ``all`` also saves each node's own adapter; ``none`` saves nothing. A host makes the files
+n); ``all`` also saves each node's own adapter; ``none`` saves nothing. ``output.save_nodes``
+adds the adapters of the nodes it lists to ``average``. A host makes the files
 (it holds the peft model) and the driver writes them into the run folder, so the folder can
 live on the driver's machine of a cluster. Each folder loads with
 ``PeftModel.from_pretrained(base_model, folder)`` on the run's base model.
@@ -27,9 +28,10 @@ def save_adapters(
     if how == "none" or not states:
         return []
     tickets = []
-    if how == "all":
-        for k, block in enumerate(hosts.blocks):
-            named = {f"node-{i:03d}": states[i] for i in block if i in states}
+    wanted = set(states) if how == "all" else set(cfg.output.save_nodes)
+    for k, block in enumerate(hosts.blocks):
+        named = {f"node-{i:03d}": states[i] for i in block if i in states and i in wanted}
+        if named:
             tickets.append(hosts.adapter_files(k, named))
     average = network_average(hosts.fetch(list(states.values())))
     tickets.append(hosts.adapter_files(0, {"average": average}))
