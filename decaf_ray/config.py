@@ -191,6 +191,10 @@ class ExchangeConfig:
     compress: Literal["none", "fp16", "bf16", "int8", "topk"] = "none"
     topk_fraction: float = 0.1  # topk: the share of values sent (the largest in magnitude)
     int8_block: int = 0  # int8: values per scale (0: one scale per row)
+    # CHOCO-gossip error feedback (dlora, dlora_fa, dfedsa_lora): send packed differences to
+    # public copies, mix with step gamma (top-k 10% needs gamma <= 0.2; int8 works with 1)
+    error_feedback: bool = False
+    gamma: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -441,6 +445,15 @@ def _validate(cfg: RunConfig) -> list[str]:
         )
     if not 0.0 < x.topk_fraction <= 1.0:
         p.append(f"exchange.topk_fraction={x.topk_fraction} must lie in (0, 1]")
+    if x.error_feedback and x.compress == "none":
+        p.append("exchange.error_feedback needs exchange.compress (fp16, bf16, int8 or topk)")
+    if x.error_feedback and cfg.algorithm.name not in ("dlora", "dlora_fa", "dfedsa_lora"):
+        p.append(
+            f"exchange.error_feedback is CHOCO-gossip of averaged factors: dlora, dlora_fa or "
+            f"dfedsa_lora, not {cfg.algorithm.name!r}"
+        )
+    if not 0.0 < x.gamma <= 1.0:
+        p.append(f"exchange.gamma={x.gamma} must lie in (0, 1]")
     if x.int8_block < 0:
         p.append(f"exchange.int8_block={x.int8_block} must be >= 0 (0: one scale per row)")
     if cfg.checkpoint.every < 0:

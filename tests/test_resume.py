@@ -37,6 +37,9 @@ MODES = {
     "fedavg": {"algorithm__name": "fedavg"},
     "async-int8": {"schedule__mode": "async", "schedule__compute": "factors",
                    "schedule__factors": [1, 2, 1, 3], "exchange__compress": "int8"},
+    "async-topk-choco": {"algorithm__name": "dlora", "schedule__mode": "async",
+                         "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3],
+                         "exchange__compress": "topk", "exchange__error_feedback": True},
     "dlora_fa": {"algorithm__name": "dlora_fa", "schedule__mode": "async",
                  "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3]},
 }  # fmt: skip

@@ -11,9 +11,15 @@
   are sent as zeros.
 
 A packed tensor is a :class:`Packed`, whose ``nbytes`` is what travels, so an adapter of
-packed tensors reports its compressed size wherever the engine counts bytes. Error feedback
-(the residual of what a codec could not send, added to the next message) lives with each
-node on its host; this module is the stateless part.
+packed tensors reports its compressed size wherever the engine counts bytes.
+
+Error feedback (``exchange.error_feedback``) is CHOCO-gossip (Koloskova et al., 2019): each
+node i keeps a public copy x^_i of its state, which every neighbour also holds, and sends only
+the packed difference q = C(x_i - x^_i); all holders then add q to x^_i. Mixing uses the
+public copies and corrects the node's exact state: x_i <- x_i + gamma (sum_j W_ij x^_j -
+x^_i). As the states agree, the differences shrink, so the compression error vanishes too
+(plain gossip of packed states stalls instead). Receivers are simulated without state of
+their own: the sender sends x^_i itself as a ``public`` Packed whose ``nbytes`` is that of q.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ class Packed:
     shape: tuple[int, ...]
     dtype: str
     payload: tuple[np.ndarray, ...]
+    wire: int | None = None  # "public": the bytes of the packed difference that travelled
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.payload)
+        return self.wire if self.wire is not None else sum(a.nbytes for a in self.payload)
 
 
 def pack(x: np.ndarray, codec: str, fraction: float = 0.1, block: int = 0) -> Packed:
@@ -69,6 +76,8 @@ def pack(x: np.ndarray, codec: str, fraction: float = 0.1, block: int = 0) -> Pa
 def unpack(p: Packed) -> np.ndarray:
     """The tensor a :class:`Packed` stands for, in its original dtype."""
     n = math.prod(p.shape)
+    if p.codec == "public":
+        return p.payload[0]
     if p.codec == "fp16":
         out = p.payload[0].astype(np.float32)
     elif p.codec == "bf16":
@@ -81,6 +90,17 @@ def unpack(p: Packed) -> np.ndarray:
         out = np.zeros(n, dtype=np.float32)
         out[idx] = values
     return out.reshape(p.shape).astype(p.dtype, copy=False)
+
+
+def public_step(
+    x: np.ndarray, public: np.ndarray, codec: str, fraction: float = 0.1, block: int = 0
+) -> tuple[Packed, np.ndarray]:
+    """One CHOCO send: the packed difference updates the public copy; returns what the
+    receivers hold (a ``public`` Packed of the new copy, sized as the difference) and the
+    new copy."""
+    q = pack(np.asarray(x, dtype=np.float32) - public, codec, fraction, block)
+    new = public + unpack(q).astype(np.float32)
+    return Packed("public", tuple(x.shape), "float32", (new,), wire=q.nbytes), new
 
 
 def _rows(x: np.ndarray, block: int) -> np.ndarray:

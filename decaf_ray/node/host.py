@@ -25,6 +25,7 @@ from torch import nn
 from decaf_ray.algorithms import Adapter, Inbox, make_algorithm, pack_adapter
 from decaf_ray.config import AlgorithmConfig, ExchangeConfig, ModelConfig, RunConfig, TrainConfig
 from decaf_ray.data import Shard
+from decaf_ray.math.compress import public_step
 from decaf_ray.node.batched import plan_groups, stackable, train_group
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
@@ -246,7 +247,7 @@ class Host:
                 set_lr(node.optimizer, lr)
                 adapter = self._adapter_from({k: x[j].copy() for k, x in res.tensors.items()})
                 out[node.node_id] = TrainResult(
-                    res.losses[j], res.seconds_per_node, adapter, self.outgoing(adapter)
+                    res.losses[j], res.seconds_per_node, adapter, self.outgoing(adapter, node)
                 )
         return out
 
@@ -265,16 +266,43 @@ class Host:
             losses.append(loss.detach())
         loss = float(torch.stack(losses).mean())
         adapter = self.adapter(node.node_id)
-        return TrainResult(loss, time.perf_counter() - t0, adapter, self.outgoing(adapter))
+        return TrainResult(loss, time.perf_counter() - t0, adapter, self.outgoing(adapter, node))
 
-    def outgoing(self, adapter: Adapter) -> Adapter:
+    def outgoing(self, adapter: Adapter, node: NodeState | None = None) -> Adapter:
         """What a node whose state is ``adapter`` sends: the algorithm's message, packed as
-        ``exchange.compress`` says."""
+        ``exchange.compress`` says; with error feedback, the node's public copies after
+        adding the packed differences (``node`` None: a message of the same size)."""
         message = self.algorithm.message(adapter)
         x = self.run.exchange
         if x.compress == "none":
             return message
-        return pack_adapter(message, x.compress, x.topk_fraction, x.int8_block)
+        if not (x.error_feedback and node is not None):
+            return pack_adapter(message, x.compress, x.topk_fraction, x.int8_block)
+        parts = {}
+        for part in ("A", "B", "extra"):
+            parts[part] = {}
+            for name, value in getattr(message, part).items():
+                key = f"{part}.{name}"
+                public = node.public.get(key, np.zeros(value.shape, dtype=np.float32))
+                sent, node.public[key] = public_step(
+                    value, public, x.compress, x.topk_fraction, x.int8_block
+                )
+                parts[part][name] = sent
+        return Adapter(**parts)
+
+    def _choco(self, node: NodeState, own: Adapter, mixed: Adapter) -> Adapter:
+        """Error feedback's step: x_i + gamma (mix of the public copies - x^_i), for every
+        tensor the node sends; the others as the algorithm left them."""
+        gamma = self.run.exchange.gamma
+        parts = {}
+        for part in ("A", "B", "extra"):
+            parts[part] = dict(getattr(mixed, part))
+            for name, value in getattr(own, part).items():
+                public = node.public.get(f"{part}.{name}")
+                if public is not None:
+                    step = getattr(mixed, part)[name] - public
+                    parts[part][name] = (value + gamma * step).astype(value.dtype)
+        return Adapter(**parts)
 
     def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
         """Each listed node combines its (weight, message) inbox with the algorithm's rule."""
@@ -282,7 +310,10 @@ class Host:
         for i, inbox in inboxes.items():
             t0 = time.perf_counter()
             node = self.nodes[i]
-            new, stats = self.algorithm.combine(self.adapter(i), inbox)
+            own = self.adapter(i)
+            new, stats = self.algorithm.combine(own, inbox)
+            if self.run.exchange.error_feedback:
+                new = self._choco(node, own, new)
             self._load(node, new)
             if self.algorithm.resets_moments:
                 factors = [p for k, p in node.params.items() if k.endswith((".A", ".B"))]

@@ -75,6 +75,7 @@ class NodeState:
         self.rng = np.random.default_rng(derived_seed(seed, node_id, 7))
         self._order = np.empty(0, dtype=np.int64)
         self.eval_data: Batch | None = None  # the node's own test split (eval.on: local)
+        self.public: dict[str, np.ndarray] = {}  # CHOCO public copies of what it sends
 
     @property
     def size(self) -> int:
@@ -99,11 +100,14 @@ class NodeState:
 
     def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything that decides this node's future, as CPU tensors plus a JSON-able dict:
-        parameters, AdamW moments, the sampler's pending order and its generator's state."""
+        parameters, AdamW moments, the sampler's pending order and its generator's state, the
+        public copies of error feedback."""
         tensors = {f"param.{k}": p.detach().to("cpu", copy=True) for k, p in self.params.items()}
         for key, value in moments(self.optimizer, self.trainable()).items():
             tensors[f"adamw.{key}"] = value
         tensors["order"] = torch.from_numpy(self._order.copy())
+        for key, value in self.public.items():
+            tensors[f"public.{key}"] = torch.from_numpy(value.copy())
         return tensors, {"rng": self.rng.bit_generator.state}
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -114,4 +118,9 @@ class NodeState:
         adamw = {k[len("adamw.") :]: v for k, v in tensors.items() if k.startswith("adamw.")}
         load_moments(self.optimizer, self.trainable(), adamw)
         self._order = tensors["order"].numpy().astype(np.int64, copy=True)
+        self.public = {
+            k[len("public.") :]: v.numpy().copy()
+            for k, v in tensors.items()
+            if k.startswith("public.")
+        }
         self.rng.bit_generator.state = meta["rng"]
