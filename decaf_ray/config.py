@@ -40,16 +40,20 @@ class AlgorithmConfig:
         "fedsa_lora",
         "dfedsa_lora",
         "flexlora",
+        "rolora",
+        "drolora",
     ] = "decaf"
     sv_split: Literal["balanced", "all_in_B"] = "balanced"  # decaf: how S is shared by B and A
     reset_moments: bool = False  # decaf: zero Adam moments of LoRA factors after each TSVD
     # decaf: turn the new B, A by the orthogonal Q closest to the node's own factors (the same
     # product B A), so the AdamW moments keep referring to roughly the same coordinates
     align: bool = False
+    # drolora: gossip only the factor trained this round, or both (ADF-LoRA style)
+    rolora_mix: Literal["trained", "both"] = "trained"
 
 
 # algorithms with a server that averages every message of a round (sync schedules only)
-SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora")
+SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora", "rolora")
 
 # What the named models are (decaf_ray/node/zoo.py builds them): which tasks each one fits.
 ENCODER_MODELS = ("minilm", "tiny-bert")
@@ -581,10 +585,10 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not {name}")
     if name in SERVER_ALGORITHMS and (s.churn or s.churn_p > 0):
         p.append(f"schedule.churn needs a decentralized algorithm: {name}'s server has no churn")
-    if name == "ffa_lora" and not cfg.model.same_init:  # (dlora_fa lets one try it)
+    if name in ("ffa_lora", "rolora") and not cfg.model.same_init:  # (dlora_fa allows it)
         p.append(
-            f"algorithm.name={name!r} keeps A at its initial value and needs it equal on every "
-            "node: set model.same_init=true"
+            f"algorithm.name={name!r} needs the factor it freezes equal on every node at the "
+            "start: set model.same_init=true"
         )
     return p
 

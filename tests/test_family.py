@@ -15,7 +15,7 @@ from decaf_ray.algorithms.flexlora import FlexLoRA
 from decaf_ray.config import SERVER_ALGORITHMS, AlgorithmConfig, ConfigError
 from decaf_ray.math import tsvd_dense
 
-FAMILY = ("ffa_lora", "fedsa_lora", "dfedsa_lora", "flexlora")
+FAMILY = ("ffa_lora", "fedsa_lora", "dfedsa_lora", "flexlora", "rolora", "drolora")
 
 
 def _round(algo, messages, sizes):
@@ -144,3 +144,47 @@ def test_the_family_runs_on_ray(run_tiny):
     for name in FAMILY:
         frame = run_tiny(algorithm__name=name, train__rounds=2)
         assert net(frame, "mean_node_acc").index.max() == 2, name
+
+
+def test_rolora_alternates_factors_and_aggregates_exactly():
+    from decaf_ray.algorithms.rolora import RoLoRA
+
+    rng = np.random.default_rng(4)
+    shared = adapter(rng)
+    nodes = [adapter(rng) for _ in range(3)]
+    for a in nodes:  # round 2 trains A; B is the same everywhere (the last broadcast)
+        a.B.update(shared.B)
+    algo, sizes = RoLoRA(), [1, 1, 2]
+    assert algo.trained_factors(1) == ("B",) and algo.trained_factors(2) == ("A",)
+    messages = [algo.message_in_round(a, 2) for a in nodes]
+    assert all(m.B == {} and m.A for m in messages)
+    server = algo.aggregate(messages, sizes)
+    new = [algo.combine(a, [(1.0, server)])[0] for a in nodes]
+    p = np.array(sizes) / 4
+    for m in SHAPES:
+        exact = sum(pj * product(a, m) for pj, a in zip(p, nodes))
+        for a in new:
+            np.testing.assert_allclose(product(a, m), exact, atol=1e-5)  # no interference
+
+
+@pytest.mark.parametrize(
+    "name, mix", [("rolora", "trained"), ("drolora", "trained"), ("drolora", "both")]
+)
+def test_rolora_end_to_end_trains_and_sends_one_factor_a_round(tmp_path, name, mix):
+    cfg = tiny_config(algorithm__name=name, algorithm__rolora_mix=mix, train__rounds=3)
+    sim, frame = run_in_process(cfg, tmp_path)
+    states = sim.final_states()
+    final = sim.hosts.fetch([states[i] for i in sorted(states)])
+    a_bytes = sum(x.nbytes for x in final[0].A.values())
+    b_bytes = sum(x.nbytes for x in final[0].B.values())
+    head = sum(x.nbytes for x in final[0].extra.values())
+    sent = frame[frame.metric == "bytes_sent"].groupby("round").value.max()
+    scale = 1 if name == "rolora" else 2  # a ring node sends to each of its 2 neighbours
+    one = [b_bytes + head, a_bytes + head, b_bytes + head]  # rounds 1-3: B, A, B
+    full = [a_bytes + b_bytes + head] * 3
+    assert sent.tolist() == [scale * x for x in (full if mix == "both" else one)]
+    if name == "drolora":
+        assert (net(frame, "product_consensus") > 0).all()
+    if name == "rolora":  # one server broadcast of the trained factor: every node agrees
+        assert (net(frame, "product_consensus") < 1e-10).all()
+        assert (net(frame, "interference") == 0).all()

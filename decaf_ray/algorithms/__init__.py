@@ -1,5 +1,6 @@
 """The five methods of the DeCAF paper, their LoRA-family relatives (FFA-LoRA, FedSA-LoRA
-federated and decentralized, FlexLoRA) and the centralized oracle, one file each, behind
+federated and decentralized, FlexLoRA, RoLoRA federated and decentralized) and the
+centralized oracle, one file each, behind
 :class:`Algorithm`."""
 
 from decaf_ray.algorithms.base import (
@@ -19,6 +20,7 @@ from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
 from decaf_ray.algorithms.ffa_lora import FFALoRA
 from decaf_ray.algorithms.flexlora import FlexLoRA
 from decaf_ray.algorithms.local import Local
+from decaf_ray.algorithms.rolora import DRoLoRA, RoLoRA
 from decaf_ray.config import AlgorithmConfig
 
 REGISTRY: dict[str, type[Algorithm]] = {
@@ -34,6 +36,8 @@ REGISTRY: dict[str, type[Algorithm]] = {
         FedSALoRA,
         DFedSALoRA,
         FlexLoRA,
+        RoLoRA,
+        DRoLoRA,
     )
 }
 
@@ -64,4 +68,6 @@ __all__ = [
     "FedSALoRA",
     "DFedSALoRA",
     "FlexLoRA",
+    "RoLoRA",
+    "DRoLoRA",
 ]

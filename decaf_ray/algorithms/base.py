@@ -109,6 +109,16 @@ class Algorithm(ABC):
         """What a node sends its neighbours after local training."""
         return adapter
 
+    def trained_factors(self, round_idx: int) -> tuple[str, ...]:
+        """Which LoRA factors local training updates in round ``round_idx``."""
+        return ("A", "B") if self.trains_A else ("B",)
+
+    def message_in_round(self, adapter: Adapter, round_idx: int) -> Adapter:
+        """What a node sends after round ``round_idx`` (a method whose message changes with
+        the round overrides this; :meth:`message` is the message outside a round, e.g. a
+        rejoining node's view of a neighbour)."""
+        return self.message(adapter)
+
     @abstractmethod
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
         """New state of a node from its own state and the weighted messages it received."""

@@ -29,7 +29,8 @@ def stack_part(
 ) -> torch.Tensor:
     """Factor ``part`` ("A" or "B") of ``modules`` over ``adapters``: (M, n, ...) float64.
 
-    A message without the factor (dLoRA-FA sends no A) contributes ``fallback``'s.
+    A message without the factor (dLoRA-FA sends no A, RoLoRA one factor a round)
+    contributes ``fallback``'s.
     """
     rows = []
     for m in modules:
@@ -61,7 +62,7 @@ def interference(inbox: Inbox, own: Adapter) -> float:
         return 0.0
     total = 0.0
     for mods in shape_groups(own):
-        B = stack_part(msgs, mods, "B")  # (M, m, d, r)
+        B = stack_part(msgs, mods, "B", fallback=own)  # (M, m, d, r)
         A = stack_part(msgs, mods, "A", fallback=own)  # (M, m, r, k)
         total += float(interference_stacked(B, A, w).sum())
     return total

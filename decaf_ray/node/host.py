@@ -225,6 +225,11 @@ class Host:
         node after another or in batched groups; the learning rate follows the schedule."""
         ids = sorted(self.nodes) if node_ids is None else node_ids
         lr = learning_rate(self.run.train, round_idx)
+        trained = self.algorithm.trained_factors(round_idx)
+        for i in ids:  # the factors this round trains (all, unless the method alternates)
+            for key, p in self.nodes[i].optimized().items():
+                if key.endswith((".A", ".B")):
+                    p.requires_grad_(key[-1] in trained)
         if not self.batched:
             return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
         train = self.run.train
@@ -246,8 +251,9 @@ class Host:
             for j, node in enumerate(nodes):
                 set_lr(node.optimizer, lr)
                 adapter = self._adapter_from({k: x[j].copy() for k, x in res.tensors.items()})
+                message = self.outgoing(adapter, node, round_idx)
                 out[node.node_id] = TrainResult(
-                    res.losses[j], res.seconds_per_node, adapter, self.outgoing(adapter, node)
+                    res.losses[j], res.seconds_per_node, adapter, message
                 )
         return out
 
@@ -266,13 +272,21 @@ class Host:
             losses.append(loss.detach())
         loss = float(torch.stack(losses).mean())
         adapter = self.adapter(node.node_id)
-        return TrainResult(loss, time.perf_counter() - t0, adapter, self.outgoing(adapter, node))
+        message = self.outgoing(adapter, node, round_idx)
+        return TrainResult(loss, time.perf_counter() - t0, adapter, message)
 
-    def outgoing(self, adapter: Adapter, node: NodeState | None = None) -> Adapter:
+    def outgoing(
+        self, adapter: Adapter, node: NodeState | None = None, round_idx: int | None = None
+    ) -> Adapter:
         """What a node whose state is ``adapter`` sends: the algorithm's message, packed as
         ``exchange.compress`` says; with error feedback, the node's public copies after
         adding the packed differences (``node`` None: a message of the same size)."""
-        message = self.algorithm.message(adapter)
+        algo = self.algorithm
+        message = (
+            algo.message(adapter)
+            if round_idx is None
+            else algo.message_in_round(adapter, round_idx)
+        )
         x = self.run.exchange
         if x.compress == "none":
             return message

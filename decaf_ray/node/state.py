@@ -84,6 +84,11 @@ class NodeState:
     def trainable(self) -> dict[str, nn.Parameter]:
         return {k: p for k, p in self.params.items() if p.requires_grad}
 
+    def optimized(self) -> dict[str, nn.Parameter]:
+        """The parameters the optimizer holds (trainable in some round), by key."""
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return {k: p for k, p in self.params.items() if id(p) in held}
+
     def next_indices(self, batch_size: int) -> np.ndarray:
         """Indices of the next batch: seeded epochs over the shard, without replacement."""
         n = self.size
@@ -103,7 +108,7 @@ class NodeState:
         parameters, AdamW moments, the sampler's pending order and its generator's state, the
         public copies of error feedback."""
         tensors = {f"param.{k}": p.detach().to("cpu", copy=True) for k, p in self.params.items()}
-        for key, value in moments(self.optimizer, self.trainable()).items():
+        for key, value in moments(self.optimizer, self.optimized()).items():
             tensors[f"adamw.{key}"] = value
         tensors["order"] = torch.from_numpy(self._order.copy())
         for key, value in self.public.items():
@@ -116,7 +121,7 @@ class NodeState:
             for k, p in self.params.items():
                 p.copy_(tensors[f"param.{k}"])
         adamw = {k[len("adamw.") :]: v for k, v in tensors.items() if k.startswith("adamw.")}
-        load_moments(self.optimizer, self.trainable(), adamw)
+        load_moments(self.optimizer, self.optimized(), adamw)
         self._order = tensors["order"].numpy().astype(np.int64, copy=True)
         self.public = {
             k[len("public.") :]: v.numpy().copy()
