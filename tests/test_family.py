@@ -188,3 +188,32 @@ def test_rolora_end_to_end_trains_and_sends_one_factor_a_round(tmp_path, name, m
     if name == "rolora":  # one server broadcast of the trained factor: every node agrees
         assert (net(frame, "product_consensus") < 1e-10).all()
         assert (net(frame, "interference") == 0).all()
+
+
+def test_decaf_takes_each_nodes_own_rank_from_a_mix_of_ranks():
+    """Heterogeneous ranks, on the maths: messages of ranks 2, 4 and 8 mixed; a node of rank
+    r_i gets TSVD_{r_i} of the mixed product, and the truncations of the nodes are nested
+    (on a complete graph every node mixes the same product)."""
+    from decaf_ray.algorithms import Adapter
+    from decaf_ray.algorithms.decaf import DeCAF
+
+    rng = np.random.default_rng(5)
+
+    def of_rank(r: int) -> Adapter:
+        return Adapter(
+            A={m: rng.standard_normal((r, k)).astype(np.float32) for m, (d, k) in SHAPES.items()},
+            B={m: rng.standard_normal((d, r)).astype(np.float32) for m, (d, k) in SHAPES.items()},
+            extra={"head": rng.standard_normal((3, 5)).astype(np.float32)},
+        )
+
+    nodes = [of_rank(r) for r in (2, 4, 8)]
+    inbox = [(1 / 3, a) for a in nodes]
+    for m in SHAPES:
+        mixed = sum(w * product(a, m) for w, a in inbox)
+        U, S, Vh = np.linalg.svd(mixed)
+        for own in nodes:
+            r = min(own.A[m].shape[0], *mixed.shape)  # "out" is 7 x 9: rank 8 is all of it
+            new = DeCAF().combine(own, inbox)[0]
+            assert new.A[m].shape == own.A[m].shape and new.B[m].shape == own.B[m].shape
+            best = (U[:, :r] * S[:r]) @ Vh[:r]
+            np.testing.assert_allclose(product(new, m), best, atol=1e-4)

@@ -43,9 +43,23 @@ def concat_factors(
     msgs: Sequence[Adapter], modules: list[str], w: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B_cat = [w_1 B_1, ..., w_m B_m] (M, d, m r) and A_cat = [A_1; ...; A_m] (M, m r, k),
-    float64, for ``modules`` (one shape group) over the messages."""
-    B_cat = np.stack([np.concatenate([wj * a.B[m] for wj, a in zip(w, msgs)], 1) for m in modules])
-    A_cat = np.stack([np.concatenate([a.A[m] for a in msgs], 0) for m in modules])
+    float64, for ``modules`` (one shape group) over the messages.
+
+    Messages of different ranks are zero-padded to the largest (B's columns, A's rows): the
+    products are unchanged, and the blocks line up as the interference needs (the padding
+    rule of heterogeneous-rank federated LoRA)."""
+    r = max(a.A[m].shape[0] for a in msgs for m in modules)
+
+    def cols(x: np.ndarray) -> np.ndarray:
+        return x if x.shape[1] == r else np.pad(x, ((0, 0), (0, r - x.shape[1])))
+
+    def rows(x: np.ndarray) -> np.ndarray:
+        return x if x.shape[0] == r else np.pad(x, ((0, r - x.shape[0]), (0, 0)))
+
+    B_cat = np.stack(
+        [np.concatenate([wj * cols(a.B[m]) for wj, a in zip(w, msgs)], 1) for m in modules]
+    )
+    A_cat = np.stack([np.concatenate([rows(a.A[m]) for a in msgs], 0) for m in modules])
     return torch.from_numpy(B_cat.astype(np.float64)), torch.from_numpy(A_cat.astype(np.float64))
 
 
