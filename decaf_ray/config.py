@@ -52,6 +52,10 @@ class AlgorithmConfig:
     rolora_mix: Literal["trained", "both"] = "trained"
 
 
+# algorithms defined for nodes of different ranks: decaf truncates to each node's rank;
+# fedavg, dlora and flexlora zero-pad to the largest and truncate back (the padding rule)
+HETERO_RANK_ALGORITHMS = ("local", "fedavg", "dlora", "decaf", "flexlora")
+
 # algorithms with a server that averages every message of a round (sync schedules only)
 SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora", "rolora")
 
@@ -126,7 +130,10 @@ class ModelConfig:
     path: str | None = None  # any transformers model directory, for name: path
     image_size: int | None = None  # vision models: input resolution (None: the model's own)
     target_modules: tuple[str, ...] = ()  # empty: the architecture's usual ones (README)
-    r: int = 8
+    r: int = 8  # the rank; with ranks or rank_tiers, the largest (it sets alpha / r for all)
+    # heterogeneous ranks: one per node, or {rank: share} drawn per node from the seed
+    ranks: tuple[int, ...] = ()
+    rank_tiers: dict[int, float] = field(default_factory=dict)
     alpha: float = 16.0
     dropout: float = 0.0
     same_init: bool = True  # every node starts from the same A (B is zero)
@@ -134,6 +141,14 @@ class ModelConfig:
     init_lora_weights: Literal["default", "gaussian"] = "default"  # A's draw (B is zero)
     use_rslora: bool = False  # scale the update by alpha / sqrt(r) instead of alpha / r
     use_dora: bool = False  # DoRA: a trained magnitude per output, averaged like the head
+
+    def __hash__(self) -> int:  # hosts are pooled by spec; rank_tiers is a mapping
+        return hash(
+            tuple(
+                tuple(sorted(v.items())) if isinstance(v, dict) else v
+                for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -409,6 +424,22 @@ def _validate(cfg: RunConfig) -> list[str]:
         p.append("model.name='path' needs model.path (a transformers model directory)")
     if cfg.model.r < 1:
         p.append(f"model.r={cfg.model.r} must be at least 1")
+    m = cfg.model
+    wanted = [*m.ranks, *m.rank_tiers]
+    if m.ranks and m.rank_tiers:
+        p.append("model.ranks and model.rank_tiers: give one of them")
+    if any(not 1 <= int(r) <= m.r for r in wanted):
+        p.append(
+            f"model.ranks / rank_tiers {sorted(set(wanted))} must lie in 1..model.r={m.r} "
+            "(model.r is the largest rank)"
+        )
+    if m.rank_tiers and any(v <= 0 for v in m.rank_tiers.values()):
+        p.append(f"model.rank_tiers={dict(m.rank_tiers)}: every share must be positive")
+    if wanted and cfg.algorithm.name not in HETERO_RANK_ALGORITHMS:
+        p.append(
+            f"heterogeneous ranks (model.ranks / rank_tiers) work with "
+            f"{', '.join(HETERO_RANK_ALGORITHMS)}, not {cfg.algorithm.name!r}"
+        )
     if cfg.model.alpha <= 0:
         p.append(f"model.alpha={cfg.model.alpha} must be positive (LoRA scales by alpha / r)")
     if cfg.train.weight_decay < 0:
@@ -571,6 +602,8 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         for node in s.debug_sleep_s:
             if not 0 <= int(node) < n:
                 p.append(f"schedule.debug_sleep_s names node {node}; nodes are 0..{n - 1}")
+        if cfg.model.ranks and len(cfg.model.ranks) != n:
+            p.append(f"model.ranks has {len(cfg.model.ranks)} entries; give one per node ({n})")
         for node in cfg.output.save_nodes:
             if not 0 <= int(node) < n:
                 p.append(f"output.save_nodes names node {node}; nodes are 0..{n - 1}")

@@ -144,6 +144,8 @@ def test_the_family_runs_on_ray(run_tiny):
     for name in FAMILY:
         frame = run_tiny(algorithm__name=name, train__rounds=2)
         assert net(frame, "mean_node_acc").index.max() == 2, name
+    frame = run_tiny(model__ranks=[2, 4, 2, 4], train__rounds=2)  # decaf, mixed ranks
+    assert np.isfinite(net(frame, "product_consensus")).all()
 
 
 def test_rolora_alternates_factors_and_aggregates_exactly():
@@ -217,3 +219,65 @@ def test_decaf_takes_each_nodes_own_rank_from_a_mix_of_ranks():
             assert new.A[m].shape == own.A[m].shape and new.B[m].shape == own.B[m].shape
             best = (U[:, :r] * S[:r]) @ Vh[:r]
             np.testing.assert_allclose(product(new, m), best, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["decaf", "dlora", "fedavg", "flexlora"])
+def test_heterogeneous_ranks_run_end_to_end(tmp_path, name):
+    """Nodes of ranks 2 and 4 (model.r = 4): each keeps its rank, sends bytes in proportion,
+    and every metric is defined; rank is logged per node at round 0."""
+    ranks = [2, 4, 2, 4]
+    topology = "complete" if name == "decaf" else "ring"
+    cfg = tiny_config(algorithm__name=name, model__ranks=ranks, topology__name=topology)
+    sim, frame = run_in_process(cfg, tmp_path)
+    logged = frame[(frame.metric == "rank") & (frame["round"] == 0)].set_index("node").value
+    assert logged.tolist() == ranks
+    states = sim.final_states()
+    final = sim.hosts.fetch([states[i] for i in sorted(states)])
+    for a, r in zip(final, ranks):
+        assert all(x.shape[0] == r for x in a.A.values())
+        assert all(x.shape[1] == r for x in a.B.values())
+    sent = frame[(frame.metric == "bytes_sent") & (frame["round"] == 1)].set_index("node").value
+    head = sum(x.nbytes for x in final[0].extra.values())
+    factor = {
+        r: sum(x.nbytes for x in a.A.values()) + sum(x.nbytes for x in a.B.values())
+        for a, r in zip(final, ranks)
+    }
+    per = 1 if name in ("fedavg", "flexlora") else (3 if topology == "complete" else 2)
+    assert sent.tolist() == [per * (factor[r] + head) for r in ranks]
+    for metric in ("product_consensus", "factor_consensus_A", "mean_node_acc"):
+        assert np.isfinite(net(frame, metric)).all()
+    if name == "decaf":  # one mixed product everywhere: rank-2 nodes hold its TSVD_2
+        for m in final[0].modules:
+            P4 = final[1].B[m].astype(np.float64) @ final[1].A[m]
+            U, S, Vh = np.linalg.svd(P4)
+            best2 = (U[:, :2] * S[:2]) @ Vh[:2]
+            np.testing.assert_allclose(final[0].B[m] @ final[0].A[m], best2, atol=1e-5)
+
+
+def test_rank_tiers_are_drawn_per_node_from_the_seed():
+    from decaf_ray.config import ModelConfig
+    from decaf_ray.node.state import node_rank
+
+    model = ModelConfig(r=16, rank_tiers={4: 0.5, 8: 0.3, 16: 0.2})
+    draws = [node_rank(model, 7, i) for i in range(400)]
+    assert draws == [node_rank(model, 7, i) for i in range(400)]  # repeatable
+    assert draws != [node_rank(model, 8, i) for i in range(400)]  # the seed decides
+    share = {r: draws.count(r) / 400 for r in (4, 8, 16)}
+    assert abs(share[4] - 0.5) < 0.08 and abs(share[16] - 0.2) < 0.08
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"model__ranks": [2, 8, 2, 2]}, "must lie in 1..model.r=4"),
+        ({"model__ranks": [2, 4]}, "model.ranks has 2 entries; give one per node (4)"),
+        (
+            {"model__ranks": [2, 4, 2, 4], "algorithm__name": "dlora_fa"},
+            "heterogeneous ranks (model.ranks / rank_tiers) work with",
+        ),
+    ],
+)
+def test_bad_heterogeneous_ranks_are_refused(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        tiny_config(**overrides)
+    assert needle in str(err.value)

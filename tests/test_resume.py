@@ -35,6 +35,8 @@ MODES = {
                       "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3],
                       "schedule__churn": [[1, 2, 4]]},
     "fedavg": {"algorithm__name": "fedavg"},
+    "ranks": {"model__ranks": [2, 4, 2, 4], "schedule__mode": "async",
+              "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3]},
     "async-int8": {"schedule__mode": "async", "schedule__compute": "factors",
                    "schedule__factors": [1, 2, 1, 3], "exchange__compress": "int8"},
     "async-topk-choco": {"algorithm__name": "dlora", "schedule__mode": "async",

@@ -69,6 +69,22 @@ def unpack_adapter(adapter: Adapter) -> Adapter:
 Inbox = Sequence[tuple[float, Adapter]]  # (mixing weight, message), the node's own included
 
 
+def widest(adapters: Sequence[Adapter]) -> Adapter:
+    """The adapter of the largest rank (the first one when ranks are equal)."""
+    return max(adapters, key=lambda a: max((x.shape[0] for x in a.A.values()), default=0))
+
+
+def pad_rank(x: np.ndarray, part: str, rank: int) -> np.ndarray:
+    """A factor zero-padded to ``rank`` (A: rows, B: columns); the product is unchanged.
+    Factors of different ranks (``model.ranks``) meet this way in mixes and metrics."""
+    axis = 0 if part == "A" else 1
+    if part not in ("A", "B") or x.shape[axis] == rank:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, rank - x.shape[axis])
+    return np.pad(x, widths)
+
+
 def mix_adapters(
     inbox: Inbox, own: Adapter, parts: tuple[str, ...] = ("A", "B", "extra")
 ) -> Adapter:
@@ -83,7 +99,17 @@ def mix_adapters(
         out = {}
         for key, value in mine.items():
             if all(key in getattr(msg, name) for _, msg in inbox):
-                out[key] = mix(w, [getattr(msg, name)[key] for _, msg in inbox])
+                arrays = [getattr(msg, name)[key] for _, msg in inbox]
+                shapes = {a.shape for a in arrays}
+                if len(shapes) == 1 and value.shape in shapes:
+                    out[key] = mix(w, arrays)
+                    continue
+                # ranks differ: zero-pad to the largest, mix, keep this node's own rank
+                axis = 0 if name == "A" else 1
+                top = max(a.shape[axis] for a in [*arrays, value])
+                mixed = mix(w, [pad_rank(a, name, top) for a in arrays])
+                rank = value.shape[axis]
+                out[key] = mixed[:rank] if axis == 0 else mixed[:, :rank]
             else:
                 out[key] = value
         return out

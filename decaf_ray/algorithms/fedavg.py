@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters, widest
 from decaf_ray.algorithms.stacking import interference
 
 
@@ -19,7 +19,7 @@ class FedAvg(Algorithm):
     def aggregate(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> Adapter:
         total = float(sum(sizes))
         inbox = [(s / total, m) for s, m in zip(sizes, messages)]
-        return mix_adapters(inbox, messages[0])
+        return mix_adapters(inbox, widest(messages))  # of mixed ranks: the largest
 
     def server_interference(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> float:
         total = float(sum(sizes))

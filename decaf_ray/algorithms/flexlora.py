@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from decaf_ray.algorithms.base import Adapter, Inbox, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Inbox, mix_adapters, widest
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.fedavg import FedAvg
 
@@ -28,10 +28,11 @@ class FlexLoRA(FedAvg):
         return [(s / total, m) for s, m in zip(sizes, messages)]
 
     def aggregate(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> Adapter:
-        return self._tsvd.combine(messages[0], self._weighted(messages, sizes))[0]
+        # at the largest rank; each client keeps its first r_i components: TSVD_{r_i}(P)
+        return self._tsvd.combine(widest(messages), self._weighted(messages, sizes))[0]
 
     def server_interference(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> float:
-        _, stats = self._tsvd.combine(messages[0], self._weighted(messages, sizes))
+        _, stats = self._tsvd.combine(widest(messages), self._weighted(messages, sizes))
         return math.sqrt(stats["tsvd_tail"])
 
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from decaf_ray.algorithms.base import Adapter, Inbox
+from decaf_ray.algorithms.base import Adapter, Inbox, pad_rank
 from decaf_ray.math.stacked import interference_stacked
 
 
@@ -35,7 +35,11 @@ def stack_part(
     rows = []
     for m in modules:
         own = getattr(fallback, part).get(m) if fallback is not None else None
-        rows.append(np.stack([getattr(a, part).get(m, own) for a in adapters]))
+        tensors = [getattr(a, part).get(m, own) for a in adapters]
+        if len({t.shape for t in tensors}) > 1:  # ranks differ: zero-pad to the largest
+            top = max(t.shape[0 if part == "A" else 1] for t in tensors)
+            tensors = [pad_rank(t, part, top) for t in tensors]
+        rows.append(np.stack(tensors))
     return torch.from_numpy(np.stack(rows).astype(np.float64, copy=False))
 
 

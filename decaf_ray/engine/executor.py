@@ -41,6 +41,7 @@ from decaf_ray.engine.log import NETWORK, MetricsLog
 from decaf_ray.engine.network import average_drift, consensus_metrics, network_average
 from decaf_ray.engine.progress import Progress
 from decaf_ray.node import Combined, Evaluation, Part, Published, Reply
+from decaf_ray.node.state import node_rank
 from decaf_ray.prepare import Prepared
 from decaf_ray.virtual import Step, build_world, make_plan
 
@@ -607,6 +608,9 @@ class Executor:
         log = self.log
         log.add(0, NETWORK, "spectral_gap", self.prep.spectral_gap, 0.0)
         log.add(0, NETWORK, "setup_s", self.setup_s, 0.0)
+        if self.cfg.model.ranks or self.cfg.model.rank_tiers:  # heterogeneous ranks
+            ranks = {i: node_rank(self.cfg.model, self.cfg.seed, i) for i in range(self.n)}
+            log.add_nodes(0, "rank", ranks, 0.0)
         for c, name in enumerate(self.prep.class_names):
             counts = {i: float(self.prep.histogram[i, c]) for i in range(self.n)}
             log.add_nodes(0, f"label_count:{name}", counts, 0.0)

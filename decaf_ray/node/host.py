@@ -29,7 +29,7 @@ from decaf_ray.math.compress import public_step
 from decaf_ray.node.batched import plan_groups, stackable, train_group
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
-from decaf_ray.node.state import NodeState, derived_seed, to_device
+from decaf_ray.node.state import NodeState, derived_seed, node_rank, to_device
 from decaf_ray.node.tasks import make_task
 from decaf_ray.node.vision import view_of
 
@@ -145,6 +145,8 @@ class Host:
         )
         self.eval_set = to_device(eval_set, self.device)
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
+        ranks = {node_rank(self.spec.model, run.seed, i) for i in self.nodes}
+        self.batched = self.batched and len(ranks) == 1  # stacks need one shape
         for i, local in (local_evals or {}).items():
             self.nodes[i].eval_data = to_device(local, self.device)
         return sorted(self.nodes)
@@ -157,8 +159,13 @@ class Host:
         """
         who = 0 if self.run.same_init else node_id + 1
         gen = torch.Generator().manual_seed(derived_seed(self.run.seed, who, 1))
+        rank = node_rank(self.spec.model, self.run.seed, node_id)
         params = {}
         for key, (shape, dtype) in self._shapes.items():
+            if key.endswith(".A"):  # this node's rank (its first rows: a draw of A is nested)
+                shape = (rank, *shape[1:])
+            elif key.endswith(".B"):
+                shape = (shape[0], rank, *shape[2:])
             if key.endswith(".A") and self.spec.model.init_lora_weights == "gaussian":
                 value = torch.randn(shape, generator=gen) / shape[0]  # peft's: N(0, 1/r^2)
             elif key.endswith(".A"):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decaf_ray.config import ModelConfig
 from decaf_ray.data import Shard
 from decaf_ray.node.optim import load_moments, moments
 
@@ -25,6 +26,19 @@ Batch = dict[str, torch.Tensor]
 def derived_seed(*parts: int) -> int:
     """A 32-bit seed that depends on every part (seed, node, round...) and nothing else."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def node_rank(model: ModelConfig, seed: int, node_id: int) -> int:
+    """Node ``node_id``'s LoRA rank: ``model.ranks[i]``, a draw from ``model.rank_tiers``
+    seeded by the run's seed and the node, or ``model.r``."""
+    if model.ranks:
+        return int(model.ranks[node_id])
+    if model.rank_tiers:
+        ranks = sorted(int(r) for r in model.rank_tiers)
+        share = np.array([model.rank_tiers[r] for r in ranks], dtype=np.float64)
+        rng = np.random.default_rng(derived_seed(seed, node_id, 11))
+        return int(rng.choice(ranks, p=share / share.sum()))
+    return model.r
 
 
 def to_device(shard: Shard, device: torch.device) -> Batch:
