@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo study test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,22 @@ demo: $(STAMP)
 	out=runs/out/demo-$$(date +%Y%m%d-%H%M%S); \
 	$(VENV)/bin/decaf-ray run runs/demo.yaml --out $$out && \
 	$(VENV)/bin/decaf-ray report $$out
+
+# The paper's grid at small scale (runs/study_*.yaml): six methods on ring (non-IID and IID),
+# complete and two_hubs (non-IID), two seeds, then decaf's options on ring non-IID; one
+# report over all of it. About 50 min on a 2-core CPU; docs/study/README.md has the results.
+study: $(STAMP)
+	out=runs/out/study-$$(date +%Y%m%d-%H%M%S); \
+	for t in ring complete two_hubs; do \
+	  $(VENV)/bin/decaf-ray run runs/study_$$t.yaml --out $$out/$$t || exit 1; \
+	done; \
+	for v in default:name=study-decaf align:algorithm.align=true \
+	         reset_moments:algorithm.reset_moments=true all_in_B:algorithm.sv_split=all_in_B; do \
+	  n=$${v%%:*}; \
+	  $(VENV)/bin/decaf-ray run runs/study_decaf_variants.yaml \
+	    --set $${v#*:} --set name=study-decaf-$$n --out $$out/decaf-$$n || exit 1; \
+	done; \
+	$(VENV)/bin/decaf-ray report $$out/* --out $$out/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; \
