@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # The paper's grid at small scale (runs/study_*.yaml): six methods on ring (non-IID and IID),
 # complete and two_hubs (non-IID), two seeds, then decaf's options on ring non-IID; one
-# report over all of it. About 50 min on a 2-core CPU; docs/study/README.md has the results.
+# report over all of it. About 42 min on a 2-core CPU; docs/study/README.md has the results.
 study: $(STAMP)
 	out=runs/out/study-$$(date +%Y%m%d-%H%M%S); \
 	for t in ring complete two_hubs; do \
