@@ -90,7 +90,7 @@ def test_invalid_mixing_matrix_given_directly():
         (["--set", "cluster.call_timeout_s=0"], "cluster.call_timeout_s=0.0 must be positive"),
         (
             ["--set", "algorithm.name=ffa_lora", "--set", "model.same_init=false"],
-            "needs the factor it freezes equal on every node at the start: set model.same_init=true",
+            "equal on every node at the start: set model.same_init=true",
         ),
         (
             ["--set", "algorithm.name=flexlora", "--set", "schedule.mode=async"],
