@@ -100,7 +100,7 @@ def _simulate(
         )
         del saved  # the driver's copy of every adapter: free it before the run goes on
     sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
-    save_adapters(cfg, sim.final_states(), hosts, run_dir)
+    save_adapters(cfg, sim.final_states(), hosts, run_dir, sim.rank)
     return log.frame()
 
 

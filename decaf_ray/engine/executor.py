@@ -30,6 +30,8 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add
 
 import numpy as np
 
@@ -38,9 +40,9 @@ from decaf_ray.config import RunConfig
 from decaf_ray.engine import stopping
 from decaf_ray.engine.hosts import HostGroup, Ticket
 from decaf_ray.engine.log import NETWORK, MetricsLog
-from decaf_ray.engine.network import average_drift, consensus_metrics, network_average
 from decaf_ray.engine.progress import Progress
 from decaf_ray.node import Combined, Evaluation, Part, Published, Reply
+from decaf_ray.node.measure import NetworkSums, average_adapter, network_metrics
 from decaf_ray.node.state import node_rank
 from decaf_ray.prepare import Prepared
 from decaf_ray.virtual import Step, build_world, make_plan
@@ -71,7 +73,11 @@ class _Round:
     logged_at: float | None = None
     metrics_s: float = 0.0
     eval_started_at: float | None = None
-    evals_pending: int = 0
+    evals_pending: int = 0  # evaluations and hosts' metric sums not back yet
+    measure: bool = False  # log consensus and drift rows from the sums
+    average: bool = False  # evaluate the network average from the sums
+    ref: Part | None = None  # node 0's state: the shift of every host's sums
+    sums: dict[int, NetworkSums] = field(default_factory=dict)  # host -> its sums
 
 
 class Executor:
@@ -91,6 +97,7 @@ class Executor:
         self.algorithm = make_algorithm(cfg.algorithm)
         self.barrier = cfg.schedule.mode in BARRIER_MODES
         self.sizes = np.array([len(prep.shards[i]) for i in range(self.n)])
+        self.rank = max(node_rank(cfg.model, cfg.seed, i) for i in range(self.n))  # widest
         self.world = build_world(cfg, prep.Pi)
         self.message_bytes = hosts.message_bytes()
         self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
@@ -422,6 +429,9 @@ class Executor:
             r.fetch_max_s = max(r.fetch_max_s, reply.fetch_s)
             if kind == "combine":
                 self._on_combined(t, reply)
+        elif kind == "measure":
+            self._on_measured(t, ticket, reply)
+            r.evals_pending -= 1
         else:
             self._on_evaluated(t, reply)
             r.busy["eval"] += reply.busy_s
@@ -504,29 +514,31 @@ class Executor:
         raise KeyError(f"node {i} holds no state of round {t} or before")
 
     def _log_round(self, t: int) -> None:
-        """Network rows of round t; its evaluations are submitted (they come back later)."""
+        """Network rows of round t: its virtual time and loss now; the consensus and drift
+        rows, and the network average's evaluation, once the hosts' sums are back (each host
+        sums its own nodes: no adapter comes to the driver). Its node evaluations are
+        submitted too (they come back later)."""
         r, log, n = self._rounds[t], self.log, self.n
         when = self.plan.round_end_s(t)
         last = t == self.plan.last_round
         measure = t % self.cfg.eval.metrics_every == 0 or last
         evaluate = t % self.cfg.eval.every == 0 or last
+        average = evaluate and self.cfg.eval.network_average and self.cfg.eval.on != "local"
         t0 = time.perf_counter()
         after_parts = [self._state_at(i, t) for i in range(n)]
-        after = None
-        if measure:
-            before_parts = [self._trained.get((i, t), after_parts[i]) for i in range(n)]
-            both = self.hosts.fetch(before_parts + after_parts)  # each object fetched once
-            before, after = both[:n], both[n:]
-            for key, value in consensus_metrics(after).items():
-                log.add(t, NETWORK, key, value, when)
-            for key, value in average_drift(before, after).items():
-                log.add(t, NETWORK, key, value, when)
         log.add(t, NETWORK, "virtual_s", when, when)
         if r.losses:
             log.add(t, NETWORK, "train_loss", float(np.mean(r.losses)), when)
-        average = self.cfg.eval.network_average and self.cfg.eval.on != "local"
-        if evaluate and average and after is None:
-            after = self.hosts.fetch(after_parts)
+        if measure or average:
+            r.measure, r.average, r.ref = measure, average, after_parts[0]
+            for k, block in enumerate(self.hosts.blocks):
+                states = {i: after_parts[i] for i in block}
+                before = None
+                if measure:
+                    before = {i: self._trained.get((i, t), after_parts[i]) for i in block}
+                ticket = self.hosts.measure(k, t, states, r.ref, self.rank, before)
+                self._inflight[ticket] = ("measure", t)
+                r.evals_pending += 1
         r.metrics_s = time.perf_counter() - t0
         r.logged_at = time.perf_counter()
         if evaluate:
@@ -535,11 +547,31 @@ class Executor:
                 states = {i: after_parts[i] for i in block}
                 self._inflight[self.hosts.evaluate(k, t, states)] = ("eval", t)
                 r.evals_pending += 1
-            if average:
-                ticket = self.hosts.evaluate_adapter(t, network_average(after))
-                self._inflight[ticket] = ("eval", t)
-                r.evals_pending += 1
         self._forget_round(t)
+
+    def _on_measured(self, t: int, ticket: Ticket, reply: Reply[NetworkSums]) -> None:
+        """One host's sums of round t; with every host's in, the network rows (and the
+        network average's evaluation)."""
+        r = self._rounds[t]
+        r.sums[self.hosts.host_of[ticket.nodes[0]]] = reply.nodes[NETWORK]
+        r.busy["metrics"] += reply.busy_s
+        if len(r.sums) < len(self.hosts.blocks):
+            return
+        t0 = time.perf_counter()
+        when = self.plan.round_end_s(t)
+        total = reduce(add, (r.sums[k] for k in sorted(r.sums)))  # host order: deterministic
+        if r.measure:
+            for key, value in network_metrics(total).items():
+                self.log.add(t, NETWORK, key, value, when)
+        if r.average:
+            ref = self.hosts.fetch([r.ref])[0]
+            ticket = self.hosts.evaluate_adapter(t, average_adapter(total, ref, self.rank))
+            self._inflight[ticket] = ("eval", t)
+            r.evals_pending += 1
+        r.sums, r.ref = {}, None
+        now = time.perf_counter()
+        # barrier: wall seconds from the round's rows to its metrics; dataflow: busy seconds
+        r.metrics_s += now - r.logged_at if self.barrier else r.busy["metrics"] + now - t0
 
     def _forget_round(self, t: int) -> None:
         """After round t's rows: drop the values no later operation or row can need (round t's

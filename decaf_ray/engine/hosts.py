@@ -14,6 +14,8 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from decaf_ray.algorithms import Adapter
 from decaf_ray.config import RunConfig
 from decaf_ray.data import Shard
 from decaf_ray.node import Combined, Evaluation, Inboxes, Part, Published, Reply, RunSpec
+from decaf_ray.node.measure import average_adapter
 
 
 class HostError(RuntimeError):
@@ -124,6 +127,20 @@ class HostGroup(ABC):
         handle = self._call(host, "evaluate", states)
         return self._ticket("evaluation", round_idx, list(states), handle)
 
+    def measure(
+        self,
+        host: int,
+        round_idx: int,
+        after: dict[int, Part],
+        ref: Part,
+        rank: int,
+        before: dict[int, Part] | None = None,
+    ) -> Ticket:
+        """``host``'s sums over its nodes for round ``round_idx``'s network metrics (node
+        -1 of a Reply[NetworkSums]); see :meth:`HostService.measure`."""
+        handle = self._call(host, "measure", after, ref, rank, before)
+        return self._ticket("network metrics", round_idx, list(after), handle)
+
     def evaluate_adapter(self, round_idx: int, adapter: Adapter) -> Ticket:
         """Held-out evaluation of one model given whole (on host 0): an Evaluation."""
         handle = self._call(0, "evaluate_adapter", adapter)
@@ -134,6 +151,18 @@ class HostGroup(ABC):
         {name: {file name: bytes}} made by ``host``: the driver writes them."""
         handle = self._call(host, "adapter_files", named)
         return self._ticket("saving adapters", 0, (), handle)
+
+    def average(self, states: dict[int, Part], rank: int) -> Adapter:
+        """The network-average adapter of ``states`` (each node's, on its own host), from
+        the hosts' sums: only the reference state (the first node's) comes to the driver."""
+        ref = states[min(states)]
+        tickets = [
+            self.measure(k, 0, {i: states[i] for i in block if i in states}, ref, rank)
+            for k, block in enumerate(self.blocks)
+            if any(i in states for i in block)
+        ]
+        total = reduce(add, (reply.nodes[-1] for reply in self.gather(tickets)))
+        return average_adapter(total, self.fetch([ref])[0], rank)
 
     def wait(self, tickets: Sequence[Ticket], timeout_s: float | None = None) -> list[Ticket]:
         """Block until at least one of ``tickets`` is done; return every one that is. No

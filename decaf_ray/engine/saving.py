@@ -1,8 +1,8 @@
 """The fine-tuned adapters of a finished run, saved as peft adapter folders.
 
 ``output.save_adapters``: ``average`` (the default) saves the network-average model, the one
-logged at node -1: the mean of every node's update, exactly (rank n r, so its size grows with
-n); ``all`` also saves each node's own adapter; ``none`` saves nothing. ``output.save_nodes``
+logged at node -1: the mean of every node's update, exactly (of rank r + n r, or the layer's
+width once that is smaller: it is summed on the hosts, see :mod:`decaf_ray.node.measure`); ``all`` also saves each node's own adapter; ``none`` saves nothing. ``output.save_nodes``
 adds the adapters of the nodes it lists to ``average``. A host makes the files
 (it holds the peft model) and the driver writes them into the run folder, so the folder can
 live on the driver's machine of a cluster. Each folder loads with
@@ -16,14 +16,14 @@ from pathlib import Path
 
 from decaf_ray.config import RunConfig
 from decaf_ray.engine.hosts import HostGroup
-from decaf_ray.engine.network import network_average
 from decaf_ray.node import Part
 
 
 def save_adapters(
-    cfg: RunConfig, states: dict[int, Part], hosts: HostGroup, run_dir: Path
+    cfg: RunConfig, states: dict[int, Part], hosts: HostGroup, run_dir: Path, rank: int
 ) -> list[Path]:
-    """Write the adapters ``cfg.output.save_adapters`` asks for; return their folders."""
+    """Write the adapters ``cfg.output.save_adapters`` asks for; return their folders
+    (``rank``: the network's widest LoRA rank)."""
     how = cfg.output.save_adapters
     if how == "none" or not states:
         return []
@@ -33,7 +33,7 @@ def save_adapters(
         named = {f"node-{i:03d}": states[i] for i in block if i in states and i in wanted}
         if named:
             tickets.append(hosts.adapter_files(k, named))
-    average = network_average(hosts.fetch(list(states.values())))
+    average = hosts.average(states, rank)
     tickets.append(hosts.adapter_files(0, {"average": average}))
     folders = []
     for reply in hosts.gather(tickets):

@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from decaf_ray.algorithms import Adapter, unpack_adapter
 from decaf_ray.data import Shard
 from decaf_ray.node.host import Host, HostSpec, RunSpec
+from decaf_ray.node.measure import NetworkSums, network_sums
 
 T = TypeVar("T")
 
@@ -169,6 +170,21 @@ class HostService:
         adapters = self.store.get_parts(list(states.values()))
         nodes = {i: Evaluation(self.host.evaluate_node(i, a)) for i, a in zip(states, adapters)}
         return Reply(nodes, time.perf_counter() - t0)
+
+    def measure(
+        self, after: dict[int, Part], ref: Part, rank: int, before: dict[int, Part] | None = None
+    ) -> Reply[NetworkSums]:
+        """This host's share of a round's network metrics: sums over its nodes' states
+        ``after`` (and ``before`` their combine), shifted by the shared reference state ``ref``
+        and padded to the network's widest ``rank`` (see :mod:`decaf_ray.node.measure`).
+        The reply holds the sums under node id -1."""
+        t0 = time.perf_counter()
+        parts = [*after.values(), ref, *(before or {}).values()]
+        values = [unpack_adapter(v) for v in self.store.get_parts(parts)]
+        fetch_s = time.perf_counter() - t0
+        m = len(after)
+        sums = network_sums(values[:m], values[m], rank, values[m + 1 :] if before else None)
+        return Reply({-1: sums}, time.perf_counter() - t0, fetch_s)
 
     def adapter_files(self, named: dict[str, Part | Adapter]) -> dict[str, dict[str, bytes]]:
         """Each named adapter (a stored state, or one given whole) as a peft adapter

@@ -1,0 +1,210 @@
+"""Network metrics as sums over nodes: each host sums its own nodes, the driver adds the few
+small partial sums, and no node's adapter has to cross to the driver.
+
+With a reference pair (B_0, A_0) that every host shares (node 0's state) and the shifted
+products X_i = B_i A_i - B_0 A_0 = dB_i A_i + B_0 dA_i (dB_i = B_i - B_0, dA_i = A_i - A_0),
+every network metric of one module is a function of sums over the n nodes:
+
+    product_consensus  = sum_i ||X_i||^2 / n - ||sum_i X_i||^2 / n^2
+    factor_consensus_F = sum_i ||dF_i||^2 / n - ||sum_i dF_i||^2 / n^2        (F = A, B)
+    drift_F            = ||sum_i (F+_i - F-_i)||_F / n
+    drift_product      = ||sum_i ((B+_i - B-_i) A+_i + B-_i (A+_i - A-_i))||_F / n
+    network average    = B_0 A_0 + sum_i X_i / n
+
+(F- a node's state after its local steps, F+ after combining.) The shift keeps the squared
+terms small near consensus, so their difference does not cancel catastrophically; it is
+exactly 0 for nodes equal to node 0.
+
+A sum of products is a :class:`LowRank`: a dense d x k part plus factors B (d, R) A (R, k).
+It stays factored while R (d + k) < d k and is multiplied out once it is wider than the layer,
+the rule :func:`~decaf_ray.math.stacked.sq_norm_stacked` uses, so a host sends at most d k
+numbers per module and sum, however many nodes it carries, and the driver's memory does not
+grow with n. Every array has a leading batch axis M: one entry per module of a shape group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from decaf_ray.math.stacked import sq_norm_stacked, tall, wide
+
+__all__ = ["GroupSums", "LowRank", "group_sums", "group_metrics"]
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """``dense + B @ A`` per batch entry; dense (M, d, k) or None, B (M, d, R), A (M, R, k)."""
+
+    dense: np.ndarray | None
+    B: np.ndarray
+    A: np.ndarray
+
+    @classmethod
+    def of(cls, B: torch.Tensor, A: torch.Tensor) -> LowRank:
+        """B A from factors (M, d, R) and (M, R, k), multiplied out if that is smaller."""
+        return cls(None, B.numpy(), A.numpy()).compact()
+
+    @property
+    def rank(self) -> int:
+        return self.B.shape[-1]
+
+    def compact(self) -> LowRank:
+        """Multiplied out when the factors are wider than the layer, or a dense part exists."""
+        d, R, k = self.B.shape[-2], self.B.shape[-1], self.A.shape[-1]
+        if R == 0 or (self.dense is None and R * (d + k) < d * k):
+            return self
+        dense = (_t(self.B) @ _t(self.A)).numpy()
+        if self.dense is not None:
+            dense += self.dense
+        empty_B, empty_A = self.B[..., :0], self.A[..., :0, :]
+        return LowRank(dense, empty_B, empty_A)
+
+    def scaled(self, c: float) -> LowRank:
+        dense = None if self.dense is None else c * self.dense
+        return LowRank(dense, c * self.B, self.A)
+
+    def __add__(self, other: LowRank) -> LowRank:
+        dense = self.dense
+        if other.dense is not None:
+            dense = other.dense if dense is None else dense + other.dense
+        B = np.concatenate([self.B, other.B], axis=-1)
+        A = np.concatenate([self.A, other.A], axis=-2)
+        return LowRank(dense, B, A).compact()
+
+    def sq_norm(self) -> np.ndarray:
+        """||dense + B A||_F^2 per batch entry, (M,)."""
+        if self.dense is not None:
+            return np.square(self.dense).sum(axis=(-2, -1))
+        return sq_norm_stacked(_t(self.B), _t(self.A)).numpy()
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, A) with B A = this sum: the factors, or for a dense part P (d x k) the pair
+        (P, I_k) or (I_d, P), whichever has the smaller inner size."""
+        if self.dense is None:
+            return self.B, self.A
+        *lead, d, k = self.dense.shape
+        if k <= d:
+            return self.dense, np.broadcast_to(np.eye(k), (*lead, k, k)).copy()
+        return np.broadcast_to(np.eye(d), (*lead, d, d)).copy(), self.dense
+
+
+def _add(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+    return y if x is None else x if y is None else x + y
+
+
+@dataclass(frozen=True)
+class GroupSums:
+    """Sums over some nodes for one shape group of modules (arrays over the group, axis 0).
+
+    ``count`` nodes; ``sq_product`` sum ||X_i||^2 and ``product`` sum X_i; ``sq_A``,
+    ``sum_A`` (``_B``) sum ||dA_i||^2 and sum dA_i; ``drift_A``, ``drift_B``,
+    ``drift_product`` the sums of the changes across a combine (None: not measured).
+    """
+
+    modules: tuple[str, ...]
+    count: int
+    sq_product: np.ndarray  # (M,)
+    product: LowRank  # (M, d, k)
+    sq_A: np.ndarray  # (M,)
+    sum_A: np.ndarray  # (M, r, k)
+    sq_B: np.ndarray  # (M,)
+    sum_B: np.ndarray  # (M, d, r)
+    drift_A: np.ndarray | None = None  # (M, r, k)
+    drift_B: np.ndarray | None = None  # (M, d, r)
+    drift_product: LowRank | None = None  # (M, d, k)
+
+    def __add__(self, other: GroupSums) -> GroupSums:
+        if other.modules != self.modules:
+            raise ValueError(f"cannot add sums of modules {other.modules} to {self.modules}")
+        drift = self.drift_product
+        if other.drift_product is not None:
+            drift = other.drift_product if drift is None else drift + other.drift_product
+        return replace(
+            self,
+            count=self.count + other.count,
+            sq_product=self.sq_product + other.sq_product,
+            product=self.product + other.product,
+            sq_A=self.sq_A + other.sq_A,
+            sum_A=self.sum_A + other.sum_A,
+            sq_B=self.sq_B + other.sq_B,
+            sum_B=self.sum_B + other.sum_B,
+            drift_A=_add(self.drift_A, other.drift_A),
+            drift_B=_add(self.drift_B, other.drift_B),
+            drift_product=drift,
+        )
+
+
+def group_sums(
+    modules: Sequence[str],
+    B: torch.Tensor,
+    A: torch.Tensor,
+    B_0: torch.Tensor,
+    A_0: torch.Tensor,
+    B_before: torch.Tensor | None = None,
+    A_before: torch.Tensor | None = None,
+) -> GroupSums:
+    """The sums over m nodes: B (M, m, d, r), A (M, m, r, k) float64; the reference
+    B_0 (M, d, r), A_0 (M, r, k); the states before the combine likewise (or None)."""
+    B_0, A_0 = B_0.unsqueeze(-3), A_0.unsqueeze(-3)
+    dB, dA = B - B_0, A - A_0  # (M, m, d, r), (M, m, r, k)
+    # ||dB_i A_i + B_0 dA_i||^2 from r x r Grams, without stacking [dB_i, B_0] per node
+    sq = (
+        ((dB.mT @ dB) * (A @ A.mT)).sum(dim=(-2, -1))
+        + 2.0 * ((dB.mT @ B_0) * (A @ dA.mT)).sum(dim=(-2, -1))
+        + ((B_0.mT @ B_0) * (dA @ dA.mT)).sum(dim=(-2, -1))
+    ).clamp_min(0.0)  # (M, m)
+    sum_dA = dA.sum(dim=-3)  # (M, r, k)
+    product = LowRank.of(  # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i]
+        torch.cat([wide(dB), B_0[..., 0, :, :]], dim=-1),
+        torch.cat([tall(A), sum_dA], dim=-2),
+    )
+    out = GroupSums(
+        tuple(modules),
+        B.shape[-3],
+        sq.sum(dim=-1).numpy(),
+        product,
+        dA.square().sum(dim=(-3, -2, -1)).numpy(),
+        sum_dA.numpy(),
+        dB.square().sum(dim=(-3, -2, -1)).numpy(),
+        dB.sum(dim=-3).numpy(),
+    )
+    if B_before is None or A_before is None:
+        return out
+    # (B+ - B-) A+ + B- (A+ - A-), exactly 0 for a node that did not change
+    return replace(
+        out,
+        drift_A=(A - A_before).sum(dim=-3).numpy(),
+        drift_B=(B - B_before).sum(dim=-3).numpy(),
+        drift_product=LowRank.of(
+            torch.cat([wide(B - B_before), wide(B_before)], dim=-1),
+            torch.cat([tall(A), tall(A - A_before)], dim=-2),
+        ),
+    )
+
+
+def _spread(sq: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
+    """sum_i ||x_i||^2 / n - ||sum_i x_i||^2 / n^2, clamped at 0, per batch entry."""
+    return np.maximum(sq / n - total / n**2, 0.0)
+
+
+def group_metrics(sums: GroupSums, n: int) -> dict[str, float]:
+    """The network metrics of one shape group, summed over its modules, from the sums over
+    all n nodes (the driver's share of the work)."""
+    out = {
+        "product_consensus": _spread(sums.sq_product, sums.product.sq_norm(), n).sum(),
+        "factor_consensus_A": _spread(sums.sq_A, np.square(sums.sum_A).sum((-2, -1)), n).sum(),
+        "factor_consensus_B": _spread(sums.sq_B, np.square(sums.sum_B).sum((-2, -1)), n).sum(),
+    }
+    if sums.drift_product is not None:
+        out["drift_A"] = np.sqrt(np.square(sums.drift_A / n).sum(axis=(-2, -1))).sum()
+        out["drift_B"] = np.sqrt(np.square(sums.drift_B / n).sum(axis=(-2, -1))).sum()
+        out["drift_product"] = np.sqrt(sums.drift_product.sq_norm()).sum() / n
+    return {k: float(v) for k, v in out.items()}
