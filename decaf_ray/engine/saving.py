@@ -2,7 +2,8 @@
 
 ``output.save_adapters``: ``average`` (the default) saves the network-average model, the one
 logged at node -1: the mean of every node's update, exactly (of rank r + n r, or the layer's
-width once that is smaller: it is summed on the hosts, see :mod:`decaf_ray.node.measure`); ``all`` also saves each node's own adapter; ``none`` saves nothing. ``output.save_nodes``
+width once that is smaller: it is summed on the hosts, see :mod:`decaf_ray.node.measure`);
+``all`` also saves each node's own adapter; ``none`` saves nothing. ``output.save_nodes``
 adds the adapters of the nodes it lists to ``average``. A host makes the files
 (it holds the peft model) and the driver writes them into the run folder, so the folder can
 live on the driver's machine of a cluster. Each folder loads with
