@@ -4,9 +4,9 @@ Every function takes that frame and returns a matplotlib ``Figure``, or None whe
 did not log what it draws (the report leaves those out). Figures are made without pyplot, so
 nothing opens a window and no global figure state is kept; save one with ``fig.savefig``.
 
-One line per group of runs (``series.run_labels``: the method, plus any other config value
-that differs between runs); where a group holds several seeds the line is their mean and a
-band spans their minimum to maximum.
+One line per group of runs (``labels.run_labels``: the method, plus what else sets the group
+apart, e.g. ``decaf, ring (align=true)``); where a group holds several seeds the line is their
+mean and a band spans their minimum to maximum.
 
 >>> from analysis import read_runs, plot_consensus
 >>> plot_consensus(read_runs("runs/out/demo-20261125-170000")).savefig("consensus.png")
@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from analysis.series import SEED, network_series, over_seeds, run_labels
+from analysis.labels import run_labels
+from analysis.series import SEED, network_series, over_seeds
 from analysis.timing import time_to
 from decaf_ray.engine.log import NETWORK
 

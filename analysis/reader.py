@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +26,31 @@ def find_runs(root: str | Path) -> list[Path]:
     )
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config dict -> {"section.key": value} of its scalar values (lists left out)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         elif not isinstance(v, (dict, list)):
             out[f"{prefix}{k}"] = v
     return out
+
+
+def check_roots(paths: Sequence[str | Path]) -> list[Path]:
+    """The folders as paths; one clear error for none, one that is missing or holds no run."""
+    if not paths:
+        raise ValueError("name at least one run or sweep folder")
+    roots = [Path(p) for p in paths]
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{str(root)!r} does not exist")
+        if not find_runs(root):
+            raise FileNotFoundError(
+                f"{str(root)!r} holds no runs (a run folder holds config.yaml and "
+                "metrics.parquet, as 'decaf-ray run' writes them)"
+            )
+    return roots
 
 
 def read_run(run_dir: str | Path, config_columns: Iterable[str] | None = None) -> pd.DataFrame:
@@ -42,14 +59,14 @@ def read_run(run_dir: str | Path, config_columns: Iterable[str] | None = None) -
     if not (run_dir / "metrics.parquet").exists():
         raise FileNotFoundError(f"{str(run_dir)!r} holds no metrics.parquet: is it a run folder?")
     frame = read_metrics(run_dir / "metrics.parquet")
-    cfg = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    cfg = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     if config_columns is not None:
         cfg = {k: cfg[k] for k in config_columns}
     frame = frame.assign(run=run_dir.name, **cfg)
     return frame.sort_values(["round", "metric", "node"], kind="stable").reset_index(drop=True)
 
 
-def _run_names(dirs: list[Path]) -> list[str]:
+def run_names(dirs: list[Path]) -> list[str]:
     """Each run's folder name; where two runs share one (two sweeps of one config), the
     paths of those runs below the folder common to all, e.g. ``demo-20261201-0955/demo-decaf``."""
     names = [d.name for d in dirs]
@@ -65,12 +82,12 @@ def _run_names(dirs: list[Path]) -> list[str]:
 def read_runs(*roots: str | Path, config_columns: Iterable[str] | None = None) -> pd.DataFrame:
     """All runs under the given folders in one long frame; runs with no rows yet (stopped
     before their first round) are left out. The ``run`` column tells runs apart (see
-    ``_run_names``)."""
+    ``run_names``)."""
     dirs = [d for r in roots for d in find_runs(r)]
     if not dirs:
         raise FileNotFoundError(f"no run folders under {[str(r) for r in roots]}")
     frames = []
-    for d, name in zip(dirs, _run_names(dirs)):
+    for d, name in zip(dirs, run_names(dirs)):
         frame = read_run(d, config_columns)
         if len(frame):
             frames.append(frame.assign(run=name))

@@ -6,7 +6,8 @@ PosixPath('runs/out/demo-20261125-170000/report/report.md')
 
 The folder holds ``report.md`` (what was run, the summary over seeds, the figures), one PNG per
 figure that the runs have data for, ``summary.csv`` (final and best values of each run) and
-``by_method.csv`` (their mean, std, n and 95% half-width over seeds).
+``by_method.csv`` (their mean, std, n and 95% half-width over seeds); both start with the
+``group`` column, the label of the run's group (``analysis.labels``) that the figures use.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import FIGURES, partition_runs, plot_label_histogram
-from analysis.reader import find_runs, read_runs
-from analysis.series import SEED, run_labels
+from analysis.labels import run_labels
+from analysis.reader import check_roots, read_runs
+from analysis.series import SEED
 from analysis.summary import Summary, summarise
 
 DPI = 120
@@ -35,21 +37,6 @@ _CAPTIONS = {
     "reaches.",
 }
 _HEADLINE = ("mean_node_acc", "mean_node_f1", "eval_acc", "product_consensus", "train_loss")
-
-
-def _check_roots(paths: Sequence[str | Path]) -> list[Path]:
-    if not paths:
-        raise ValueError("name at least one run or sweep folder")
-    roots = [Path(p) for p in paths]
-    for root in roots:
-        if not root.exists():
-            raise FileNotFoundError(f"{str(root)!r} does not exist")
-        if not find_runs(root):
-            raise FileNotFoundError(
-                f"{str(root)!r} holds no runs (a run folder holds config.yaml and "
-                "metrics.parquet, as 'decaf-ray run' writes them)"
-            )
-    return roots
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -85,11 +72,29 @@ def _what_was_run(frame: pd.DataFrame, roots: list[Path], labels: pd.Series) -> 
     return "\n".join(f"- **{k}**: {v}" for k, v in items)
 
 
+def _group_labels(summary: Summary, labels: pd.Series) -> pd.DataFrame:
+    """The label of each group: columns group_columns and label, one row per group."""
+    cols = summary.group_columns
+    return summary.runs.assign(label=labels)[[*cols, "label"]].drop_duplicates(cols)
+
+
+def _with_group(
+    table: pd.DataFrame, labels: pd.Series, summary: Summary | None = None
+) -> pd.DataFrame:
+    """``table`` with its group's label as a first column ``group``: by run (``runs``, index
+    run) or, given ``summary``, by the group columns (``groups``)."""
+    if summary is None:
+        group = labels.reindex(table.index)
+    else:
+        cols = summary.group_columns
+        group = table[cols].merge(_group_labels(summary, labels), on=cols, how="left")["label"]
+        group.index = table.index
+    return table.assign(group=group)[["group", *table.columns]]
+
+
 def _summary_table(summary: Summary, labels: pd.Series) -> str:
     """Groups x headline final values, each as mean +- 95% half-width (n runs)."""
-    cols = summary.group_columns
-    label_of = summary.runs.assign(label=labels)[[*cols, "label"]].drop_duplicates(cols)
-    g = summary.groups.merge(label_of, on=cols)
+    g = summary.groups.merge(_group_labels(summary, labels), on=summary.group_columns)
     present = [m for m in _HEADLINE if f"{m}_final" in set(g["quantity"])]
     rows = []
     for label, block in g.groupby("label", sort=True):
@@ -118,14 +123,14 @@ def _runs_table(summary: Summary) -> str:
 def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Read every run under ``paths`` (run or sweep folders) and write the report folder
     (default: ``<first path>/report``); return the path of its ``report.md``."""
-    roots = _check_roots(paths)
+    roots = check_roots(paths)
     frame = read_runs(*roots)
     out = Path(out_dir) if out_dir is not None else roots[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(frame)
-    summary.runs.to_csv(out / "summary.csv")
-    summary.groups.to_csv(out / "by_method.csv", index=False)
     labels = run_labels(frame)
+    _with_group(summary.runs, labels).to_csv(out / "summary.csv")
+    _with_group(summary.groups, labels, summary).to_csv(out / "by_method.csv", index=False)
 
     figures = []  # (file name, caption)
     drawn = {name: fn(frame) for name, fn in FIGURES.items()}

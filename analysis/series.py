@@ -29,24 +29,6 @@ def compared_columns(frame: pd.DataFrame) -> list[str]:
     return [METHOD, *varying] if METHOD in frame.columns else varying
 
 
-def run_labels(frame: pd.DataFrame, leave_out: str = "") -> pd.Series:
-    """The group label of each run (index: run): its method, plus key=value for every other
-    compared column, e.g. ``decaf mode=async straggler_fraction=0.1``. Columns starting with
-    ``leave_out`` (e.g. ``"topology."`` where topologies are the x axis) are not named."""
-    per_run = frame.drop_duplicates("run").set_index("run")
-    cols = [c for c in compared_columns(frame) if not (leave_out and c.startswith(leave_out))]
-
-    short = [c.rsplit(".", 1)[-1] for c in cols]
-    keys = {c: s if short.count(s) == 1 else c for c, s in zip(cols, short)}  # name: in full
-
-    def label(row: pd.Series) -> str:
-        parts = [str(row[METHOD])] if METHOD in cols else []
-        parts += [f"{keys[c]}={row[c]}" for c in cols if c != METHOD]
-        return " ".join(parts)
-
-    return per_run.apply(label, axis=1).rename("label")
-
-
 def network_series(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Rows (run, round, value, virtual_s) of ``metric`` for the whole network.
 

@@ -1,4 +1,4 @@
-"""Command line: ``decaf-ray run``, ``resume``, ``topologies``, ``bench``.
+"""Command line: ``decaf-ray run``, ``resume``, ``topologies``, ``bench``, ``report``, ``export``.
 
 Errors a user can fix (bad config, missing data, invalid graph) are printed as one message
 with exit status 2, never as a traceback.
@@ -18,6 +18,7 @@ EPILOG = """examples:
   decaf-ray resume runs/out/demo-20261201-101500      # go on after a stop or a crash
   decaf-ray topologies --n 16
   decaf-ray report runs/out/demo-20261201-101500      # report.md, figures, CSV tables
+  decaf-ray export runs/out/demo-20261201-101500 --to tensorboard   # or --to mlflow
 Results go to runs/out/<name>-<time>/ (config.yaml, metrics.parquet, summary.csv);
 read them with analysis.read_runs(folder)."""
 
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=int, default=16, help="number of nodes (default 16)")
     _add_bench_parser(sub)
     _add_report_parser(sub)
+    _add_export_parser(sub)
     return p
 
 
@@ -279,6 +281,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser(
+        "export",
+        help="write finished runs' metrics for TensorBoard or MLflow",
+        description="Read every run under the given run or sweep folders (config.yaml, "
+        "metrics.parquet) and write them for TensorBoard (one event folder per run: "
+        "network/<metric> and node/<i>/<metric> scalars per round, the config as text and "
+        "hparams; needs pip install 'decaf-ray[export]') or MLflow (an offline file store, one "
+        "experiment per folder: params from the config, metrics with step = round; needs pip "
+        "install 'decaf-ray[mlflow]'). Exporting a run again replaces its earlier export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  decaf-ray export runs/out/demo-20261201-101500 --to tensorboard\n"
+        "  tensorboard --logdir runs/out/demo-20261201-101500/tensorboard\n"
+        "  decaf-ray export runs/out/demo-20261201-101500 --to mlflow --out runs/out/mlruns",
+    )
+    e.add_argument("folders", nargs="+", metavar="FOLDER", help="a run or sweep folder")
+    e.add_argument("--to", required=True, metavar="TARGET", help="tensorboard or mlflow")
+    e.add_argument(
+        "--out",
+        default=None,
+        help="where to write (default: FIRST_FOLDER/tensorboard or FIRST_FOLDER/mlruns)",
+    )
+    e.add_argument(
+        "--no-nodes", action="store_true", help="only the network series, not each node's"
+    )
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from analysis.export import MissingExtra, export
+
+    try:
+        out = export(args.folders, args.to, args.out, nodes=not args.no_nodes)
+    except MissingExtra as exc:
+        print(f"decaf-ray: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.to}: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -288,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_resume(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "bench":
             return _cmd_bench(args)
         return _cmd_topologies(args)

@@ -31,7 +31,9 @@ from analysis import (
     write_report,
 )
 from analysis.figures import partition_runs
-from analysis.series import compared_columns, run_labels
+from analysis.labels import run_labels
+from analysis.report import _summary_table, _with_group
+from analysis.series import compared_columns
 from decaf_ray.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +73,8 @@ def test_runs_that_differ_in_seed_only_form_one_group_per_method(frame):
     assert labels.to_dict() == {f"rep-{m}-{s}": m for m in METHODS for s in (1, 2)}
     mode = _variant(frame, "-async", **{"schedule.mode": "async"})
     both = run_labels(pd.concat([frame, mode]))
-    assert both["rep-decaf-1-async"] == "decaf mode=async"
-    assert both["rep-decaf-1"] == "decaf mode=sync"
+    assert both["rep-decaf-1-async"] == "decaf, async"
+    assert both["rep-decaf-1"] == "decaf, sync"
 
 
 def test_summarise_gives_final_and_best_values_and_their_statistics_over_seeds(frame):
@@ -212,8 +214,8 @@ def test_time_to_target_bars_compare_schedule_modes(frame):
     assert np.isfinite(sync).all()
     runs = frame[frame["algorithm.name"] == "dlora"].groupby("run")
     expected = np.mean([time_to(g, "product_consensus", target) for _, g in runs])
-    assert heights["dlora mode=sync"] == pytest.approx(expected)
-    assert heights["dlora mode=async"] == pytest.approx(expected / 2)
+    assert heights["dlora, sync"] == pytest.approx(expected)
+    assert heights["dlora, async"] == pytest.approx(expected / 2)
 
 
 # ------------------------------------------------------------------ report and CLI
@@ -238,9 +240,33 @@ def test_report_command_writes_markdown_figures_and_tables(sweep_dir, tmp_path, 
     assert "| decaf | 2 |" in text and "| dlora | 2 |" in text  # the summary table
     runs = pd.read_csv(path.parent / "summary.csv", index_col="run")
     assert len(runs) == 4 and {"mean_node_acc_final", "product_consensus_best"} <= set(runs)
+    assert runs.columns[0] == "group" and (runs["group"] == runs["algorithm.name"]).all()
     by = pd.read_csv(path.parent / "by_method.csv")
-    assert list(by.columns) == ["algorithm.name", "quantity", "mean", "std", "n", "ci95"]
-    assert set(by["n"]) == {2}
+    assert list(by.columns) == ["group", "algorithm.name", "quantity", "mean", "std", "n", "ci95"]
+    assert set(by["n"]) == {2} and (by["group"] == by["algorithm.name"]).all()
+
+
+def test_a_mixed_report_labels_each_group_by_what_differs(frame):
+    """The sweep's runs twice: as run (ring) and as if on the complete graph, decaf aligned."""
+    other = _variant(frame, "-complete", **{"topology.name": "complete"})
+    other["algorithm.align"] = other["algorithm.name"] == "decaf"
+    mixed = pd.concat([frame, other], ignore_index=True)
+    labels = run_labels(mixed)
+    groups = ["decaf, complete (align=true)", "decaf, ring", "dlora, complete", "dlora, ring"]
+    assert _legend(plot_consensus(mixed).axes[0]) == groups
+    summary = summarise(mixed)
+    table = _summary_table(summary, labels)
+    assert [row.split(" | ")[0].removeprefix("| ") for row in table.splitlines()[2:]] == groups
+    assert all(row.split(" | ")[1] == "2" for row in table.splitlines()[2:])  # runs per group
+    runs = _with_group(summary.runs, labels)
+    assert runs.loc["rep-decaf-1-complete", "group"] == "decaf, complete (align=true)"
+    by = _with_group(summary.groups, labels, summary)
+    assert list(by.columns[:1]) == ["group"] and sorted(by["group"].unique()) == groups
+    decaf = by[by["algorithm.name"] == "decaf"]
+    assert set(zip(decaf["topology.name"], decaf["group"])) == {
+        ("ring", "decaf, ring"),
+        ("complete", "decaf, complete (align=true)"),
+    }
 
 
 def test_report_goes_to_the_first_folder_by_default(sweep_dir):
