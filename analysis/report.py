@@ -67,7 +67,7 @@ def _what_was_run(frame: pd.DataFrame, roots: list[Path], labels: pd.Series) -> 
         ("schedule", _values(frame, "schedule.mode")),
         ("data", f"{_values(frame, 'data.source')}, {_values(frame, 'data.partition')}"),
         ("model", f"{_values(frame, 'model.name')}, LoRA r = {_values(frame, 'model.r')}"),
-        ("groups", f"{labels.nunique()} ({', '.join(sorted(labels.unique()))})"),
+        ("groups", f"{labels.nunique()} ({'; '.join(sorted(labels.unique()))})"),
     ]
     return "\n".join(f"- **{k}**: {v}" for k, v in items)
 
