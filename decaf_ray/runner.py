@@ -92,6 +92,7 @@ def _simulate(
     if saved:
         t0 = time.perf_counter()
         hosts.restore(saved.nodes)
+        hosts.restore_base(saved.base)
         sim.restore(saved.book, saved.values)
         print(
             f"decaf-ray: {cfg.name} goes on after round {saved.round_idx} (checkpoint read in "
@@ -120,6 +121,7 @@ def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int
         sim.bookkeeping(),
         sim.log.parts + 1,
         cfg.checkpoint.keep,
+        sim.hosts.base_snapshot(),
     )
     when = sim.plan.round_end_s(round_idx)
     sim.log.add(round_idx, NETWORK, "checkpoint_s", time.perf_counter() - t0, when)
