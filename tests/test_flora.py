@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -19,6 +19,9 @@ from decaf_ray.algorithms import Adapter
 from decaf_ray.algorithms.flora import FLoRA
 from decaf_ray.node import Host, HostSpec, RunSpec
 from decaf_ray.node.merged import MergedBase
+from decaf_ray.node.model import _architecture
+from decaf_ray.node.state import to_device
+from decaf_ray.node.tasks import Classify
 from decaf_ray.prepare import prepare
 
 
@@ -96,10 +99,11 @@ def _hosts(cfg, blocks):
     return hosts, prep, run
 
 
-def test_every_host_merges_the_same_update_and_holds_base_plus_the_rounds_means():
+def test_every_host_merges_the_same_update_and_holds_base_plus_the_rounds_means(tmp_path):
     """Two hosts, three FLoRA rounds, heterogeneous ranks: the bases are bit-identical, each is
     W_0 + scaling sum_t sum_k p_k B_k A_k, a node's model scores as the pretrained base with
-    every round's stack as one adapter, and a set-up gives the pretrained weights back."""
+    every round's stack as one adapter and as its saved peft adapter, and a set-up gives the
+    pretrained weights back."""
     cfg = tiny_config(algorithm__name="flora", model__ranks=[2, 4, 2, 4])
     blocks = [[0, 1], [2, 3]]
     (*hosts, reference), prep, run = _hosts(cfg, [*blocks, [0, 1, 2, 3]])
@@ -145,6 +149,14 @@ def test_every_host_merges_the_same_update_and_holds_base_plus_the_rounds_means(
             got = host.evaluate_node(i, states[i])
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
             assert got["acc"] == want["acc"]
+
+    for name, data in hosts[0].adapter_files(states[0]).items():  # merged update included
+        (tmp_path / name).write_bytes(data)
+    torch.manual_seed(0)  # the hosts' random tiny base is drawn from seed 0
+    base = _architecture(cfg.model, "classify", prep.num_labels).make(True)
+    model = PeftModel.from_pretrained(base, str(tmp_path))
+    loaded = Classify(prep.num_labels).evaluate(model, to_device(prep.eval_set, "cpu"), 64)
+    assert loaded["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
     hosts[0].setup(run, {0: prep.shards[0]}, prep.eval_set)  # a warm host's next run
     assert _digest(hosts[0].model, names) == _digest(reference.model, names)

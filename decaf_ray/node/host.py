@@ -388,9 +388,12 @@ class Host:
         """``adapter`` as the files of a peft adapter folder (adapter_model.safetensors,
         adapter_config.json) for this base model. A wider adapter (the network average, rank
         n r) is saved with its own rank and an alpha that keeps the layers' scaling, so
-        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model."""
+        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model. After FLoRA's
+        merges the adapter also carries the merged update (on the pretrained base), exactly
+        and densely (:meth:`MergedBase.widened`)."""
         import tempfile
 
+        adapter = self.merged.widened(adapter)
         self._install(adapter)
         conf = self.model.peft_config["default"]
         saved = (conf.r, conf.lora_alpha)

@@ -16,7 +16,9 @@ in the last bit of a rare entry, which float32 then almost always hides.
 
 D is host state, not node state: a checkpoint saves it once (from host 0) and restores it on
 every host (:meth:`snapshot`, :meth:`restore`). :meth:`reset` puts W_0 back, so a warm host
-that ran FLoRA serves the next run with the pretrained weights.
+that ran FLoRA serves the next run with the pretrained weights. :meth:`widened` writes D as
+exact LoRA factors (B = D / scaling, A = I), so a saved adapter rebuilds the merged model on
+the pretrained base.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ class MergedBase:
             if m not in self._pristine:
                 self._pristine[m] = weight.detach().clone()
             weight.copy_((self._pristine[m].float() + self.delta[m]).to(weight.dtype))
+
+    def widened(self, adapter: Adapter) -> Adapter:
+        """``adapter`` with the merged update in front, exactly: per module B' = [D / scaling,
+        B] (d, k + r) and A' = [I_k; A] (k + r, k), zero-padded to one rank for every module,
+        so B' A' scaling = D + B A scaling on the pretrained base. Unchanged if nothing is
+        merged. (Its size is about two d x k matrices per module: the merged model is dense.)"""
+        if not self.delta:
+            return adapter
+        A, B = {}, {}
+        for m, layer in self._layers.items():
+            D = self.delta[m].detach().cpu().double()
+            D = D.T if getattr(layer, "fan_in_fan_out", False) else D.reshape(D.shape[0], -1)
+            D = (D / layer.scaling["default"]).numpy()  # (d, k)
+            A[m] = np.concatenate([np.eye(D.shape[1]), adapter.A[m]]).astype(np.float32)
+            B[m] = np.concatenate([D, adapter.B[m]], axis=1).astype(np.float32)
+        rank = max(a.shape[0] for a in A.values())
+        A = {m: np.pad(a, ((0, rank - a.shape[0]), (0, 0))) for m, a in A.items()}
+        B = {m: np.pad(b, ((0, 0), (0, rank - b.shape[1]))) for m, b in B.items()}
+        return Adapter(A=A, B=B, extra=adapter.extra)
 
     def reset(self) -> None:
         """Back to the pretrained weights; nothing merged."""
