@@ -318,3 +318,13 @@ def test_bad_heterogeneous_ranks_are_refused(overrides, needle):
     with pytest.raises(ConfigError) as err:
         tiny_config(**overrides)
     assert needle in str(err.value)
+
+
+def test_the_family_table_counts_every_byte_sent():
+    from decaf_ray.runner import summarise
+
+    rows = [(t, i, "bytes_sent", 2.0**19 * (i + 1)) for t in (1, 2) for i in range(3)]
+    rows += [(2, -1, "mean_node_acc", 0.5), (2, -1, "product_consensus", 0.25)]
+    frame = pd.DataFrame(rows, columns=["round", "node", "metric", "value"])
+    s = summarise(frame)
+    assert s["sent_mb"] == 6.0 and s["mean_node_acc"] == 0.5 and s["product_consensus"] == 0.25
