@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_algorithms import RANK, SHAPES, adapter, product
 
-from conftest import comparable, host_of, net, run_in_process, tiny_config
+from conftest import host_of, net, run_in_process, tiny_config
 from decaf_ray.algorithms import REGISTRY, Adapter, make_algorithm
 from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
 from decaf_ray.algorithms.ffa_lora import FFALoRA
@@ -174,13 +174,9 @@ def test_frozen_A_methods_need_a_shared_start():
 
 
 def test_the_family_runs_on_ray(run_tiny):
-    frames = {}
     for name in FAMILY:
-        frames[name] = run_tiny(algorithm__name=name, train__rounds=2)
-        assert net(frames[name], "mean_node_acc").index.max() == 2, name
-    # the same warm hosts after flora's merges: set-up gave them the pretrained base back
-    again = run_tiny(algorithm__name=FAMILY[0], train__rounds=2)
-    pd.testing.assert_frame_equal(comparable(again), comparable(frames[FAMILY[0]]))
+        frame = run_tiny(algorithm__name=name, train__rounds=2)
+        assert net(frame, "mean_node_acc").index.max() == 2, name
     frame = run_tiny(model__ranks=[2, 4, 2, 4], train__rounds=2)  # decaf, mixed ranks
     assert np.isfinite(net(frame, "product_consensus")).all()
 
