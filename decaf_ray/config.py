@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class AlgorithmConfig:
     # centralized: the oracle, one model on the union of the topology.n nodes' shards;
-    # ffa_lora, fedsa_lora, flexlora: federated (a server); dfedsa_lora: on the graph
+    # ffa_lora, fedsa_lora, flexlora, flora: federated (a server); dfedsa_lora: on the graph
     name: Literal[
         "local",
         "fedavg",
@@ -40,6 +40,7 @@ class AlgorithmConfig:
         "fedsa_lora",
         "dfedsa_lora",
         "flexlora",
+        "flora",
         "rolora",
         "drolora",
     ] = "decaf"
@@ -53,11 +54,12 @@ class AlgorithmConfig:
 
 
 # algorithms defined for nodes of different ranks: decaf truncates to each node's rank;
-# fedavg, dlora and flexlora zero-pad to the largest and truncate back (the padding rule)
-HETERO_RANK_ALGORITHMS = ("local", "fedavg", "dlora", "decaf", "flexlora")
+# fedavg, dlora and flexlora zero-pad to the largest and truncate back (the padding rule);
+# flora's stack of factors holds any ranks as they are
+HETERO_RANK_ALGORITHMS = ("local", "fedavg", "dlora", "decaf", "flexlora", "flora")
 
 # algorithms with a server that averages every message of a round (sync schedules only)
-SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora", "rolora")
+SERVER_ALGORITHMS = ("fedavg", "ffa_lora", "fedsa_lora", "flexlora", "flora", "rolora")
 
 # What the named models are (decaf_ray/node/zoo.py builds them): which tasks each one fits.
 ENCODER_MODELS = ("minilm", "tiny-bert")
@@ -615,7 +617,13 @@ def _validate_schedule(cfg: RunConfig) -> list[str]:
         p += _validate_centralized(cfg)
     name = cfg.algorithm.name
     if name in SERVER_ALGORITHMS and s.mode != "sync":
-        p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not {name}")
+        why = " (it merges every client's update of a round)" if name == "flora" else ""
+        p.append(f"schedule.mode={s.mode!r} needs a decentralized algorithm, not {name}{why}")
+    if name == "flora" and cfg.model.use_dora:
+        p.append(
+            "algorithm.name='flora' merges B A into the base weights, which DoRA's magnitudes "
+            "are defined against: set model.use_dora=false"
+        )
     if name in SERVER_ALGORITHMS and (s.churn or s.churn_p > 0):
         p.append(f"schedule.churn needs a decentralized algorithm: {name}'s server has no churn")
     if name in ("ffa_lora", "rolora") and not cfg.model.same_init:  # (dlora_fa allows it)

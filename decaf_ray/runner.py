@@ -92,6 +92,7 @@ def _simulate(
     if saved:
         t0 = time.perf_counter()
         hosts.restore(saved.nodes)
+        hosts.restore_base(saved.base)
         sim.restore(saved.book, saved.values)
         print(
             f"decaf-ray: {cfg.name} goes on after round {saved.round_idx} (checkpoint read in "
@@ -120,6 +121,7 @@ def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int
         sim.bookkeeping(),
         sim.log.parts + 1,
         cfg.checkpoint.keep,
+        sim.hosts.base_snapshot(),
     )
     when = sim.plan.round_end_s(round_idx)
     sim.log.add(round_idx, NETWORK, "checkpoint_s", time.perf_counter() - t0, when)
@@ -129,7 +131,8 @@ def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, float]:
-    """Final whole-network figures of one run."""
+    """Final whole-network figures of one run (``sent_mb``: the bytes every node sent in every
+    round, in MiB)."""
     net = frame[frame["node"] == NETWORK]
     last = net.sort_values("round").groupby("metric")["value"].last()
     per_round = net[
@@ -148,6 +151,7 @@ def summarise(frame: pd.DataFrame) -> dict[str, float]:
             else per_round.groupby("round")["value"].sum().mean()
         ),
         "virtual_s": float(last.get("virtual_s", float("nan"))),
+        "sent_mb": float(frame.loc[frame["metric"] == "bytes_sent", "value"].sum() / 2**20),
     }
     for key, name in (("mean_node_f1", "mean_node_f1"), ("eval_ppl", "avg_model_ppl")):
         if key in last:  # macro-F1 of classification tasks; perplexity of causal LMs

@@ -96,6 +96,14 @@ def test_invalid_mixing_matrix_given_directly():
             ["--set", "algorithm.name=flexlora", "--set", "schedule.mode=async"],
             "schedule.mode='async' needs a decentralized algorithm, not flexlora",
         ),
+        (
+            ["--set", "algorithm.name=flora", "--set", "schedule.mode=bounded"],
+            "schedule.mode='bounded' needs a decentralized algorithm, not flora (it merges",
+        ),
+        (
+            ["--set", "algorithm.name=flora", "--set", "model.use_dora=true"],
+            "algorithm.name='flora' merges B A into the base weights, which DoRA's",
+        ),
     ],
 )
 def test_cli_reports_one_clear_line(args, needle, capsys, tmp_path):

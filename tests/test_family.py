@@ -1,21 +1,24 @@
-"""The LoRA family around DeCAF: FFA-LoRA, FedSA-LoRA (federated and on the graph) and
-FlexLoRA, each by its defining property on the pure maths and end to end."""
+"""The LoRA family around DeCAF: FFA-LoRA, FedSA-LoRA (federated and on the graph),
+FlexLoRA, FLoRA and RoLoRA, each by its defining property on the pure maths and end to end
+(FLoRA's merged base model: test_flora)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_algorithms import RANK, SHAPES, adapter, product
 
 from conftest import host_of, net, run_in_process, tiny_config
-from decaf_ray.algorithms import REGISTRY, make_algorithm
+from decaf_ray.algorithms import REGISTRY, Adapter, make_algorithm
 from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
 from decaf_ray.algorithms.ffa_lora import FFALoRA
 from decaf_ray.algorithms.flexlora import FlexLoRA
+from decaf_ray.algorithms.flora import FLoRA
 from decaf_ray.config import SERVER_ALGORITHMS, AlgorithmConfig, ConfigError
 from decaf_ray.math import tsvd_dense
 
-FAMILY = ("ffa_lora", "fedsa_lora", "dfedsa_lora", "flexlora", "rolora", "drolora")
+FAMILY = ("ffa_lora", "fedsa_lora", "dfedsa_lora", "flexlora", "flora", "rolora", "drolora")
 
 
 def _round(algo, messages, sizes):
@@ -94,6 +97,30 @@ def test_flexlora_clients_get_the_tsvd_of_the_servers_weighted_mean():
     assert algo.server_interference(messages, sizes) == pytest.approx(np.sqrt(tail), rel=1e-5)
 
 
+def test_flora_stacks_to_the_exact_weighted_mean_of_products_at_any_ranks():
+    rng = np.random.default_rng(4)
+    nodes = [adapter(rng) for _ in range(3)]
+    nodes[1] = Adapter(  # rank 2 and rank 4 clients in one round
+        A={m: a[:2] for m, a in nodes[1].A.items()},
+        B={m: b[:, :2] for m, b in nodes[1].B.items()},
+        extra=nodes[1].extra,
+    )
+    sizes = [10, 30, 60]
+    algo = FLoRA()
+    server = algo.aggregate([algo.message(a) for a in nodes], sizes)
+    p = np.array(sizes) / 100
+    for m, (d, k) in SHAPES.items():
+        assert server.B[m].shape == (d, 2 * RANK + 2) and server.A[m].shape == (2 * RANK + 2, k)
+        mean_product = sum(pj * product(a, m) for pj, a in zip(p, nodes))
+        np.testing.assert_allclose(product(server, m), mean_product, rtol=1e-6, atol=1e-6)
+    mean_head = sum(pj * a.extra["head"].astype(np.float64) for pj, a in zip(p, nodes))
+    np.testing.assert_allclose(server.extra["head"], mean_head, rtol=1e-6)
+    assert algo.server_interference(nodes, sizes) == 0.0
+    new, _ = algo.combine(nodes[1], [(1.0, server)])  # the update goes to the base: B = 0
+    assert all(not b.any() and b.shape == nodes[1].B[m].shape for m, b in new.B.items())
+    assert new.extra["head"] is server.extra["head"]
+
+
 @pytest.mark.parametrize("name", FAMILY)
 def test_each_method_runs_end_to_end_with_its_property(tmp_path, name):
     cfg = tiny_config(algorithm__name=name, train__rounds=2)
@@ -126,9 +153,15 @@ def test_each_method_runs_end_to_end_with_its_property(tmp_path, name):
                 np.testing.assert_allclose(a.B[m] @ a.A[m], final[0].B[m] @ final[0].A[m])
         assert (net(frame, "interference") >= 0).all()
         assert (sent.value == a_bytes + b_bytes + head).all()
+    if name == "flora":  # exact aggregation; the update is in the bases, every adapter fresh
+        assert (net(frame, "interference") == 0).all()
+        assert (sent.value == a_bytes + b_bytes + head).all()
+        assert (net(frame, "product_consensus") == 0).all()
+        assert all(not a.B[m].any() for a in final for m in modules)
+        assert {s.host.merged.round_idx for s in sim.hosts.services} == {2}
 
 
-@pytest.mark.parametrize("name", ["ffa_lora", "flexlora", "fedsa_lora"])
+@pytest.mark.parametrize("name", ["ffa_lora", "flexlora", "fedsa_lora", "flora"])
 def test_server_methods_refuse_asynchrony_and_churn(name):
     with pytest.raises(ConfigError) as err:
         tiny_config(algorithm__name=name, schedule__mode="async", schedule__churn=[[0, 1, 2]])
@@ -281,3 +314,13 @@ def test_bad_heterogeneous_ranks_are_refused(overrides, needle):
     with pytest.raises(ConfigError) as err:
         tiny_config(**overrides)
     assert needle in str(err.value)
+
+
+def test_the_family_table_counts_every_byte_sent():
+    from decaf_ray.runner import summarise
+
+    rows = [(t, i, "bytes_sent", 2.0**19 * (i + 1)) for t in (1, 2) for i in range(3)]
+    rows += [(2, -1, "mean_node_acc", 0.5), (2, -1, "product_consensus", 0.25)]
+    frame = pd.DataFrame(rows, columns=["round", "node", "metric", "value"])
+    s = summarise(frame)
+    assert s["sent_mb"] == 6.0 and s["mean_node_acc"] == 0.5 and s["product_consensus"] == 0.25

@@ -35,6 +35,7 @@ MODES = {
                       "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3],
                       "schedule__churn": [[1, 2, 4]]},
     "fedavg": {"algorithm__name": "fedavg"},
+    "flora": {"algorithm__name": "flora"},  # the merged base, saved once, restored on each host
     "ranks": {"model__ranks": [2, 4, 2, 4], "schedule__mode": "async",
               "schedule__compute": "factors", "schedule__factors": [1, 2, 1, 3]},
     "async-int8": {"schedule__mode": "async", "schedule__compute": "factors",
@@ -61,7 +62,11 @@ def test_a_restored_executor_goes_on_exactly(tmp_path, mode):
     if mode == "async":  # the overlap of rounds is real: some node has run ahead of round 2
         assert max(r for (_, r) in first.held_values()["states"]) > 2
     nodes, values, book = first.hosts.snapshot(), first.held_values(), first.bookkeeping()
-    saved = checkpoint.save(tmp_path / "cut", to_dict(cfg), 2, False, nodes, values, book, 9, 1)
+    base = first.hosts.base_snapshot()
+    assert bool(base) == (mode == "flora")
+    saved = checkpoint.save(
+        tmp_path / "cut", to_dict(cfg), 2, False, nodes, values, book, 9, 1, base
+    )
     first.log.flush()
     parts = first.log.parts
     del first
@@ -71,6 +76,7 @@ def test_a_restored_executor_goes_on_exactly(tmp_path, mode):
     hosts = start_local_hosts(cfg, prep)
     second = Executor(cfg, prep, hosts, MetricsLog(tmp_path / "cut", keep_parts=parts))
     hosts.restore(back.nodes)
+    hosts.restore_base(back.base)
     second.restore(back.book, back.values)
     second.run()
     got, want = read_metrics(tmp_path / "cut" / "metrics.parquet"), whole.log.frame()

@@ -1,5 +1,5 @@
 """The five methods of the DeCAF paper, their LoRA-family relatives (FFA-LoRA, FedSA-LoRA
-federated and decentralized, FlexLoRA, RoLoRA federated and decentralized) and the
+federated and decentralized, FlexLoRA, FLoRA, RoLoRA federated and decentralized) and the
 centralized oracle, one file each, behind
 :class:`Algorithm`."""
 
@@ -19,6 +19,7 @@ from decaf_ray.algorithms.fedavg import FedAvg
 from decaf_ray.algorithms.fedsa_lora import DFedSALoRA, FedSALoRA
 from decaf_ray.algorithms.ffa_lora import FFALoRA
 from decaf_ray.algorithms.flexlora import FlexLoRA
+from decaf_ray.algorithms.flora import FLoRA
 from decaf_ray.algorithms.local import Local
 from decaf_ray.algorithms.rolora import DRoLoRA, RoLoRA
 from decaf_ray.config import AlgorithmConfig
@@ -36,6 +37,7 @@ REGISTRY: dict[str, type[Algorithm]] = {
         FedSALoRA,
         DFedSALoRA,
         FlexLoRA,
+        FLoRA,
         RoLoRA,
         DRoLoRA,
     )
@@ -68,6 +70,7 @@ __all__ = [
     "FedSALoRA",
     "DFedSALoRA",
     "FlexLoRA",
+    "FLoRA",
     "RoLoRA",
     "DRoLoRA",
 ]

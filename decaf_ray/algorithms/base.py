@@ -125,6 +125,7 @@ class Algorithm(ABC):
     uses_server = False  # True: a server aggregates all messages (fedavg)
     trains_A = True  # False: A stays frozen at its shared initial value (dlora_fa)
     resets_moments = False  # True: zero the optimizer moments of A and B after combining
+    merges = False  # True: hosts merge the server's update into the base; adapters restart (flora)
 
     @classmethod
     def from_config(cls, cfg: AlgorithmConfig) -> Algorithm:

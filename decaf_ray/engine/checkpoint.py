@@ -1,6 +1,6 @@
 """Checkpoints: the whole simulation at the end of a round, so a stopped run can go on.
 
-A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of three files:
+A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of three files (four with FLoRA):
 
 - ``meta.json``: the format version, the round, whether the run was complete, the config it
   was made with, how many metrics parts were written by then, the executor's place in its
@@ -9,7 +9,10 @@ A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of three files:
   the sampler's pending order), keys ``<node>/<name>``;
 - ``values.safetensors``: what the executor still holds for later operations: each node's
   latest state, older states a pending rejoin reads, and in async modes the states and
-  messages of nodes that ran ahead, keys ``<kind>/<node>/<round>/<A|B|extra>/<name>``.
+  messages of nodes that ran ahead, keys ``<kind>/<node>/<round>/<A|B|extra>/<name>``;
+- ``base.safetensors``, only when a method merged updates into the base model (FLoRA): that
+  merged update, host state the same on every host, saved once and restored on every host
+  (:mod:`decaf_ray.node.merged`).
 
 A checkpoint is made at a pause, with no call in flight: in barrier modes (sync, deadline)
 that is a round boundary; in dataflow modes rounds overlap, so some nodes are past the
@@ -29,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ class Checkpoint:
     nodes: dict[int, tuple[dict[str, torch.Tensor], dict]]  # NodeState.snapshot() of each
     values: Values  # Executor.held_values()
     book: dict  # Executor.bookkeeping()
+    base: dict[str, torch.Tensor] = field(default_factory=dict)  # HostGroup.base_snapshot()
 
 
 def folder_of(run_dir: Path, round_idx: int) -> Path:
@@ -99,6 +103,7 @@ def save(
     book: dict,
     parts: int,
     keep: int,
+    base: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint atomically, prune to the latest ``keep``; its folder."""
     final = folder_of(run_dir, round_idx)
@@ -139,8 +144,12 @@ def save(
     }
     save_file(node_tensors, str(tmp / "nodes.safetensors"))
     save_file(value_tensors, str(tmp / "values.safetensors"))
+    names = ["nodes.safetensors", "values.safetensors", "meta.json"]
+    if base:  # the update merged into the base model (FLoRA)
+        save_file({k: t.contiguous() for k, t in base.items()}, str(tmp / "base.safetensors"))
+        names.append("base.safetensors")
     (tmp / "meta.json").write_text(json.dumps(meta))
-    for name in ("nodes.safetensors", "values.safetensors", "meta.json"):
+    for name in names:
         _fsync(tmp / name)
     if final.exists():  # a checkpoint of this round from before a resume: replace it
         shutil.rmtree(final)
@@ -163,6 +172,8 @@ def load(path: Path) -> Checkpoint:
             )
         node_tensors = load_file(str(path / "nodes.safetensors"))
         value_tensors = load_file(str(path / "values.safetensors"))
+        merged = path / "base.safetensors"
+        base = load_file(str(merged)) if merged.exists() else {}
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
     nodes: dict[int, tuple[dict, dict]] = {int(i): ({}, m) for i, m in meta["nodes"].items()}
@@ -188,6 +199,7 @@ def load(path: Path) -> Checkpoint:
         nodes,
         values,
         meta["executor"],
+        base,
     )
 
 

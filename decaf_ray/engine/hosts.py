@@ -114,7 +114,7 @@ class HostGroup(ABC):
 
     def combine(self, host: int, round_idx: int, inboxes: Inboxes) -> Ticket:
         """Each node combines its inbox of neighbours' messages: a Reply[Combined]."""
-        handle = self._call(host, "combine", inboxes)
+        handle = self._call(host, "combine", inboxes, round_idx)
         return self._ticket("combine", round_idx, list(inboxes), handle)
 
     def rejoin(self, host: int, round_idx: int, inboxes: Inboxes) -> Ticket:
@@ -243,6 +243,16 @@ class HostGroup(ABC):
         self._on_every_host(
             "restoring a checkpoint", "restore", lambda block: ({i: snapshots[i] for i in block},)
         )
+
+    def base_snapshot(self) -> dict:
+        """What is merged into the base model (FLoRA; {} if nothing), for a checkpoint: host
+        0's, as every host's is the same (:mod:`decaf_ray.node.merged`)."""
+        ticket = self._ticket("checkpoint", 0, self.blocks[0], self._call(0, "base_snapshot"))
+        return self.result(ticket)
+
+    def restore_base(self, tensors: dict) -> None:
+        """Set every host's base model to ``tensors`` (a :meth:`base_snapshot`)."""
+        self._on_every_host("restoring a checkpoint", "restore_base", lambda block: (tensors,))
 
     def states(self) -> dict[int, Part]:
         """Every node's current state (before training: its initial one)."""

@@ -27,6 +27,7 @@ from decaf_ray.config import AlgorithmConfig, ExchangeConfig, ModelConfig, RunCo
 from decaf_ray.data import Shard
 from decaf_ray.math.compress import public_step
 from decaf_ray.node.batched import plan_groups, stackable, train_group
+from decaf_ray.node.merged import MergedBase
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
 from decaf_ray.node.state import NodeState, derived_seed, node_rank, to_device
@@ -110,6 +111,7 @@ class Host:
         self.model = build_peft_model(spec.model, spec.task, spec.num_labels, seed=0)
         self.model.to(self.device)
         self.slots = ParamSlots(self.model)
+        self.merged = MergedBase(self.model)  # the server updates FLoRA merges into the base
         self._init_std = float(getattr(self.model.config, "initializer_range", 0.02))
         self._shapes = {k: (tuple(p.shape), p.dtype) for k, p in self.slots.current().items()}
         self._initial_magnitudes = {
@@ -133,7 +135,9 @@ class Host:
         local_evals: dict[int, Shard] | None = None,
     ) -> list[int]:
         """Forget previous nodes; create fresh ones for ``shards`` (node id -> shard), each
-        with its own test split from ``local_evals`` when eval.on is local or both."""
+        with its own test split from ``local_evals`` when eval.on is local or both. The base
+        model starts from its pretrained weights (a previous run's merges are undone)."""
+        self.merged.reset()
         self.run = run
         self.algorithm = make_algorithm(run.algorithm)
         self.task = make_task(
@@ -151,14 +155,17 @@ class Host:
             self.nodes[i].eval_data = to_device(local, self.device)
         return sorted(self.nodes)
 
-    def _initial_params(self, node_id: int) -> dict[str, nn.Parameter]:
+    def _initial_params(self, node_id: int, round_idx: int = 0) -> dict[str, nn.Parameter]:
         """Seeded initial state: A ~ U(+-1/sqrt(k)) as peft draws it, B = 0, head ~ N(0, std).
 
         With ``same_init`` every node draws A and the head from the run's seed alone (the
         usual common starting point of decentralized optimisation; dlora_fa requires it).
+        ``round_idx`` > 0: the fresh adapter a merging method (FLoRA) restarts from after
+        that round, its A drawn the same way from a seed of the round too.
         """
         who = 0 if self.run.same_init else node_id + 1
-        gen = torch.Generator().manual_seed(derived_seed(self.run.seed, who, 1))
+        seed = (self.run.seed, who, 1) + ((round_idx,) if round_idx else ())
+        gen = torch.Generator().manual_seed(derived_seed(*seed))
         rank = node_rank(self.spec.model, self.run.seed, node_id)
         params = {}
         for key, (shape, dtype) in self._shapes.items():
@@ -325,14 +332,29 @@ class Host:
                     parts[part][name] = (value + gamma * step).astype(value.dtype)
         return Adapter(**parts)
 
-    def combine(self, inboxes: dict[int, Inbox]) -> dict[int, CombineResult]:
-        """Each listed node combines its (weight, message) inbox with the algorithm's rule."""
+    def combine(
+        self, inboxes: dict[int, Inbox], round_idx: int | None = None
+    ) -> dict[int, CombineResult]:
+        """Each listed node combines its (weight, message) inbox with the algorithm's rule.
+
+        A merging method (FLoRA: every inbox is the server's update of round ``round_idx``)
+        first adds the update to the base model, once per round on this host
+        (:mod:`decaf_ray.node.merged`); each node then restarts from a fresh adapter."""
         out = {}
+        if self.algorithm.merges and inboxes:
+            if round_idx is None:
+                raise ValueError(f"{self.algorithm.name} merges per round: give round_idx")
+            ((_, update),) = next(iter(inboxes.values()))
+            self.merged.merge(round_idx, update)
         for i, inbox in inboxes.items():
             t0 = time.perf_counter()
             node = self.nodes[i]
             own = self.adapter(i)
             new, stats = self.algorithm.combine(own, inbox)
+            if self.algorithm.merges:  # B A is in the base now: B = 0, a fresh A
+                fresh = self._initial_params(i, round_idx)
+                A = self._adapter_from({k: p.detach().cpu().numpy() for k, p in fresh.items()}).A
+                new = Adapter(A=A, B=new.B, extra=new.extra)
             if self.run.exchange.error_feedback:
                 new = self._choco(node, own, new)
             self._load(node, new)
@@ -366,9 +388,12 @@ class Host:
         """``adapter`` as the files of a peft adapter folder (adapter_model.safetensors,
         adapter_config.json) for this base model. A wider adapter (the network average, rank
         n r) is saved with its own rank and an alpha that keeps the layers' scaling, so
-        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model."""
+        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model. After FLoRA's
+        merges the adapter also carries the merged update (on the pretrained base), exactly
+        and densely (:meth:`MergedBase.widened`)."""
         import tempfile
 
+        adapter = self.merged.widened(adapter)
         self._install(adapter)
         conf = self.model.peft_config["default"]
         saved = (conf.r, conf.lora_alpha)
@@ -391,6 +416,14 @@ class Host:
         """Set nodes (made by :meth:`setup`) back to the state of a snapshot."""
         for i, (tensors, meta) in snapshots.items():
             self.nodes[i].restore(tensors, meta)
+
+    def base_snapshot(self) -> dict[str, torch.Tensor]:
+        """What is merged into the base model (FLoRA), the same on every host: {} if none."""
+        return self.merged.snapshot()
+
+    def restore_base(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The base model as a :meth:`base_snapshot` of any host of the run left it."""
+        self.merged.restore(tensors)
 
     def _install(self, adapter: Adapter) -> None:
         """Put ``adapter``'s tensors (plain tensors, not a node's parameters) into the model."""

@@ -138,16 +138,19 @@ class HostService:
         }
         return Reply(nodes, time.perf_counter() - t0)
 
-    def combine(self, inboxes: Inboxes) -> Reply[Combined]:
-        """Fetch the messages named in ``inboxes`` and combine each node's."""
-        return self._combine(inboxes, as_messages=False)
+    def combine(self, inboxes: Inboxes, round_idx: int | None = None) -> Reply[Combined]:
+        """Fetch the messages named in ``inboxes`` and combine each node's (of round
+        ``round_idx``: FLoRA's hosts merge that round's update once)."""
+        return self._combine(inboxes, as_messages=False, round_idx=round_idx)
 
     def rejoin(self, inboxes: Inboxes) -> Reply[Combined]:
         """Like :meth:`combine`, but ``inboxes`` name neighbours' *states*: each is first cut
         to the message its owner would send (dLoRA-FA sends no A), then combined."""
         return self._combine(inboxes, as_messages=True)
 
-    def _combine(self, inboxes: Inboxes, as_messages: bool) -> Reply[Combined]:
+    def _combine(
+        self, inboxes: Inboxes, as_messages: bool, round_idx: int | None = None
+    ) -> Reply[Combined]:
         t0 = time.perf_counter()
         values = iter(self.store.get_parts([p for entries in inboxes.values() for _, p in entries]))
         message = self.host.algorithm.message
@@ -159,7 +162,7 @@ class HostService:
             for i, entries in inboxes.items()
         }
         fetch_s = time.perf_counter() - t0
-        results = self.host.combine(fetched)
+        results = self.host.combine(fetched, round_idx)
         states = self.store.put_parts({i: res.adapter for i, res in results.items()})
         nodes = {i: Combined(states[i], res.stats, res.combine_s) for i, res in results.items()}
         return Reply(nodes, time.perf_counter() - t0, fetch_s)
@@ -199,6 +202,13 @@ class HostService:
 
     def restore(self, snapshots: dict[int, tuple[dict, dict]]) -> None:
         self.host.restore(snapshots)
+
+    def base_snapshot(self) -> dict:
+        """What is merged into the host's base model (see :meth:`Host.base_snapshot`)."""
+        return self.host.base_snapshot()
+
+    def restore_base(self, tensors: dict) -> None:
+        self.host.restore_base(tensors)
 
     def evaluate_adapter(self, adapter: Adapter) -> Reply[Evaluation]:
         """Held-out metrics of the model given as ``adapter`` (any rank), under node id -1
