@@ -6,7 +6,8 @@
 mean 1 ms, latency 0.1 ms, 5% losses) and consumes the whole plan the way the executor does (a
 :class:`~decaf_ray.virtual.PlanStream` pulled one round at a time, steps dropped once taken),
 or, on a version without streams, with ``make_plan``. It prints the planning seconds and the
-process's peak RSS above what it held before planning (``ru_maxrss``): the plan's own memory.
+process's peak RSS above what it held before planning (``ru_maxrss``: the plan's own memory;
+a version whose world draws a dense loss table peaks before planning) and the whole peak.
 Wall times on a shared machine are noisy; compare ratios measured side by side.
 """
 
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.rounds)))
         return
-    print(f"{'mode':>6} {'n':>6} {'steps':>8} {'world s':>8} {'plan s':>8} {'plan MiB':>9}")
+    head = f"{'mode':>6} {'n':>6} {'steps':>8} {'world s':>8} {'plan s':>8} {'plan MiB':>9}"
+    print(f"{head} {'peak MiB':>9}")
     for n in args.nodes:
         for mode in args.modes:
             cmd = [sys.executable, "-m", "decaf_ray.bench.plan_scale", "--one", mode, str(n)]
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(out.stdout)
             print(
                 f"{mode:>6} {n:>6} {r['steps']:>8} {r['world_s']:>8} {r['plan_s']:>8} "
-                f"{r['plan_peak_mib']:>9}"
+                f"{r['plan_peak_mib']:>9} {r['rss_before_mib'] + r['plan_peak_mib']:>9}"
             )
 
 
