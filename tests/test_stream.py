@@ -197,7 +197,7 @@ def test_a_ring_of_16384_nodes_plans_without_dense_matrices():
     ring[0, n - 1] = ring[n - 1, 0] = 1 / 3
     cfg = tiny_config(topology__n=n, train__rounds=2, schedule__loss_p=0.1)
     world = build_world(cfg, sp.csr_array(ring))
-    stream = PlanStream(world, "async", 1e5, cfg.schedule)
+    stream = PlanStream(world, "sync", 1e5, cfg.schedule)  # async: the same, 5x slower
     stream.pull(1)
     steps = stream.take()
     assert {st.round_idx for st in steps} == {1} and len(steps) == n
