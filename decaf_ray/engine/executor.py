@@ -18,6 +18,12 @@ submission policies share everything else:
   busy seconds for that round's calls, and ``round_wall_s`` is the time between two rounds
   being logged.
 
+The plan streams (:class:`~decaf_ray.virtual.PlanStream`): the executor takes steps from the
+planner a window of rounds ahead of the last closed round (``window_rounds``), and more when
+nothing else can start, so the driver holds the steps of a few rounds, never n x T. A value
+(message, state) is forgotten once no step taken reads it any more *and* the planner says
+that no step still to come can (settled).
+
 Results never depend on wall-clock timing. Network rows of round t describe the states
 {X_i(t)}, each node's after its own round t (a node absent in round t: its latest state), and
 are logged once every node is past round t, at virtual time max_i combine_s(i, t). fedavg's
@@ -45,7 +51,7 @@ from decaf_ray.node import Combined, Evaluation, Part, Published, Reply
 from decaf_ray.node.measure import NetworkSums, average_adapter, network_metrics
 from decaf_ray.node.state import node_rank
 from decaf_ray.prepare import Prepared
-from decaf_ray.virtual import Step, build_world, make_plan
+from decaf_ray.virtual import PlanStream, Step, build_world
 
 BARRIER_MODES = ("sync", "deadline")
 
@@ -60,7 +66,8 @@ class _Op:
 class _Round:
     """What the executor knows of one round while it runs (wall times from perf_counter)."""
 
-    steps: int  # node-rounds in the plan
+    steps: int | None = None  # node-rounds in the plan; None until the planner settled the round
+    nodes: list[int] = field(default_factory=list)  # of the steps taken so far
     trained: int = 0  # of which local training is back
     finished: int = 0  # of which the final state is known
     losses: list[float] = field(default_factory=list)
@@ -90,6 +97,7 @@ class Executor:
         hosts: HostGroup,
         log: MetricsLog,
         setup_s: float = float("nan"),
+        window_rounds: int = 2,
     ) -> None:
         self.cfg, self.prep, self.hosts, self.log = cfg, prep, hosts, log
         self.setup_s = setup_s
@@ -100,11 +108,16 @@ class Executor:
         self.rank = max(node_rank(cfg.model, cfg.seed, i) for i in range(self.n))  # widest
         self.world = build_world(cfg, prep.Pi)
         self.message_bytes = hosts.message_bytes()
-        self.plan = make_plan(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
-        self._round_steps: dict[int, list[Step]] = defaultdict(list)
-        for (_, t), st in sorted(self.plan.steps.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            self._round_steps[t].append(st)
-        self._queue()
+        self.plan = PlanStream(self.world, cfg.schedule.mode, self.message_bytes, cfg.schedule)
+        self.window_rounds = window_rounds  # plan rounds <= closed + this one ahead
+        self._ops: dict[int, deque[_Op]] = {i: deque() for i in range(self.n)}
+        self._consumed: Counter = Counter()  # operations submitted, per node
+        self._skip: Counter = Counter()  # operations a resumed run submitted before, per node
+        self._readers: Counter = Counter()  # pending readers among the operations taken
+        self._steps: dict[tuple[int, int], Step] = {}  # taken, not finished
+        self._rounds: dict[int, _Round] = {}
+        self._awaiting: set[tuple] = set()  # stored, no reader taken; the planner may name it
+        self._counted = 0  # rounds <= this one have their node count (_Round.steps)
         # stored values, by (node, round); round 0 of _final is the initial state
         self._final: dict[tuple[int, int], Part] = {
             (i, 0): part for i, part in hosts.states().items()
@@ -120,34 +133,72 @@ class Executor:
         self._setup_logged = False
         self._slowest_round_s = 0.0
 
-    def _queue(self) -> None:
-        """Queue each node's operations in plan order; count the readers of every value."""
-        talks = self.algorithm.communicates
-        self._ops: dict[int, deque[_Op]] = {i: deque() for i in range(self.n)}
-        self._consumed: Counter = Counter()  # operations submitted, per node
-        for t in range(1, self.plan.last_round + 1):
-            for st in self._round_steps[t]:
-                if st.rejoin and talks:
-                    self._ops[st.node].append(_Op("rejoin", st))
-                self._ops[st.node].append(_Op("train", st))
-                if talks:
-                    self._ops[st.node].append(_Op("combine", st))
-        self._rounds = {t: _Round(len(self._round_steps[t])) for t in self._round_steps}
-        self._count_readers()
+    def _take(self) -> None:
+        """Queue the steps the planner made since the last call, count the readers of the
+        values they name, and forget the values that are now settled without a reader."""
+        steps = self.plan.take()
+        for st in steps:
+            self._register(st)
+        self._counted = max(self._counted, self._closed)
+        while self._counted < min(self.plan.settled_round, self.plan.last_round):
+            self._counted += 1
+            r = self._rounds.setdefault(self._counted, _Round())
+            r.steps = len(r.nodes)
+            self._round_known(self._counted)
+        if steps:
+            self._settle()
 
-    def _count_readers(self) -> None:
-        """Pending readers of each stored value among the operations not yet submitted:
-        ("message"|"state", node, round), ("server", t)."""
-        self._readers: Counter = Counter()
-        for ops in self._ops.values():
-            for op in ops:
-                st = op.step
-                if op.kind == "rejoin":
-                    self._readers.update(("state", rc.sender, rc.sender_round) for rc in st.rejoin)
-                elif op.kind == "combine" and self.algorithm.uses_server:
-                    self._readers[("server", st.round_idx)] += 1
-                elif op.kind == "combine":
-                    self._readers.update(("message", rc.sender, rc.sender_round) for rc in st.inbox)
+    def _settle(self) -> None:
+        """Forget the awaiting values that the planner now says no step to come reads."""
+        for key in [k for k in self._awaiting if self._readers[k] or self.plan.settled(*k)]:
+            self._awaiting.discard(key)
+            if not self._readers[key]:  # else its last reader releases it again
+                self._forget_value(key)
+
+    def _register(self, st: Step) -> None:
+        """A node's operations in plan order: [rejoin], train, combine; a resumed run skips
+        the ones it submitted before the checkpoint."""
+        talks, i, t = self.algorithm.communicates, st.node, st.round_idx
+        ops = [_Op("rejoin", st)] if st.rejoin and talks else []
+        ops.append(_Op("train", st))
+        if talks:
+            ops.append(_Op("combine", st))
+        if t > self._closed:
+            self._rounds.setdefault(t, _Round()).nodes.append(i)
+        skip = min(self._skip[i], len(ops))
+        self._skip[i] -= skip
+        if skip == len(ops):
+            return  # done before the checkpoint
+        self._steps[(i, t)] = st
+        for op in ops[skip:]:
+            self._ops[i].append(op)
+            if op.kind == "rejoin":
+                self._readers.update(("state", rc.sender, rc.sender_round) for rc in st.rejoin)
+            elif op.kind == "combine" and self.algorithm.uses_server:
+                self._readers[("server", t)] += 1
+            elif op.kind == "combine":
+                self._readers.update(("message", rc.sender, rc.sender_round) for rc in st.inbox)
+
+    def _pull(self, until_round: int) -> None:
+        """Plan every step of rounds <= ``until_round`` and take them."""
+        if self.plan.settled_round < until_round and not self.plan.exhausted:
+            self.plan.pull(until_round)
+            self._take()
+
+    def _is_last(self, t: int) -> bool:
+        last = self.plan.is_last(t)
+        self._take()
+        return last
+
+    def _round_known(self, t: int) -> None:
+        """Round t's node count is known: the round may already be trained or finished."""
+        r = self._rounds[t]
+        if not r.steps:
+            return  # a round nobody runs is complete at once, with no phase times
+        if r.trained == r.steps and r.trained_at is None:
+            self._round_trained(t)
+        if r.finished == r.steps and r.combined_at is None:
+            r.combined_at = r.trained_at
 
     def final_states(self) -> dict[int, Part]:
         """Each node's latest state (after the last round it ran)."""
@@ -218,25 +269,26 @@ class Executor:
         """Go on from a checkpoint (:meth:`bookkeeping` and :meth:`held_values` of a quiet
         executor) as if this executor had run up to it itself. The hosts' nodes must be
         restored too (``HostGroup.restore``)."""
+        self._logged, self._closed = book["logged"], book["closed"]
         for i, count in book["consumed"].items():
-            for _ in range(count):
-                self._ops[int(i)].popleft()
-            self._consumed[int(i)] = count
-        self._count_readers()
+            self._skip[int(i)] = self._consumed[int(i)] = count
+        while any(self._skip.values()) and not self.plan.exhausted:  # replay the planner
+            self._pull(self.plan.settled_round + 1)
         put = {kind: {k: self.hosts.put(a) for k, a in v.items()} for kind, v in values.items()}
         self._final, self._trained, self._messages = put["states"], put["trained"], put["messages"]
         self._server = {t: part for (_, t), part in put["server"].items()}
         self._final_rounds = {int(i): deque(rs) for i, rs in book["final_rounds"].items()}
         self._retired = {tuple(key) for key in book["retired"]}
+        self._awaiting = {("message", *k) for k in self._messages}
+        self._awaiting |= {("state", *k) for k in self._retired}
+        self._pull(self._closed + self.window_rounds)
+        self._settle()
         now = time.perf_counter()
-        for t in range(1, book["closed"] + 1):
-            del self._rounds[t]
         for t, saved in book["rounds"].items():
             r = self._rounds[int(t)]
             r.trained, r.finished, r.losses = saved["trained"], saved["finished"], saved["losses"]
             r.node_metrics = {int(i): m for i, m in saved["node_metrics"].items()}
             r.started_at = now
-        self._logged, self._closed = book["logged"], book["closed"]
         self._setup_logged = True
         self._last_logged_at = now
 
@@ -253,15 +305,14 @@ class Executor:
         rounds, at its end and when a signal stops it, and calls ``checkpoint(round)``.
         Results do not depend on where it pauses.
         """
-        last = self.plan.last_round
-        if until_round is not None:
-            last = min(until_round, last)
+        last = until_round if until_round is not None else self.cfg.train.rounds
         if not self._setup_logged:
             self._log_setup()
         every = self.cfg.checkpoint.every if checkpoint else 0
-        bar = Progress(self.cfg.name, last, self._closed, self.cfg.output.progress)
+        total = min(last, self.plan.last_round)  # a bound until the planner knows the last round
+        bar = Progress(self.cfg.name, total, self._closed, self.cfg.output.progress)
         try:
-            while self._closed < last:
+            while self._closed < min(last, self.plan.last_round):
                 cut = min(last, (self._closed // every + 1) * every) if every else last
                 self._run_to(cut, bar)
                 if checkpoint:
@@ -276,7 +327,7 @@ class Executor:
     def _run_to(self, last: int, bar: Progress) -> None:
         """Go until round ``last`` is closed, then let what is in flight finish."""
         stop_at = None
-        while self._closed < last:
+        while self._closed < min(last, self.plan.last_round):
             if stopping.requested() is not None and stop_at is None:
                 # barrier modes finish every round already started and start none, so a stop
                 # loses no round; dataflow modes stop submitting at once (rounds overlap)
@@ -288,6 +339,9 @@ class Executor:
             while self._submit_ready(last):
                 pass
             if self._advance(last, bar):
+                continue
+            if not self._inflight and not self.plan.exhausted:
+                self._pull(self.plan.settled_round + 1)  # nothing can start: plan further
                 continue
             if not self._inflight:
                 raise RuntimeError(
@@ -322,6 +376,8 @@ class Executor:
             self._logged += 1
             self._log_round(self._logged)
             moved = True
+        if self.plan.known_last and bar.total > self.plan.last_round:
+            bar.set_total(self.plan.last_round)  # a time budget ended the run early
         while self._closed < self._logged and not self._rounds[self._closed + 1].evals_pending:
             self._closed += 1
             self._close_round(self._closed)
@@ -330,8 +386,8 @@ class Executor:
         return moved
 
     def _complete_round(self, t: int) -> bool:
-        r = self._rounds[t]
-        return r.finished == r.steps
+        r = self._rounds.get(t)
+        return r is not None and r.finished == r.steps
 
     # ------------------------------------------------------------------ submission
 
@@ -339,6 +395,7 @@ class Executor:
         """Submit every operation whose inputs exist; True if any was submitted."""
         # barrier: one round at a time; dataflow: whatever is ready (a round can need
         # messages of later rounds of faster nodes)
+        self._pull(self._closed + self.window_rounds)
         gate = min(last, self._closed + 1) if self.barrier else self.plan.last_round
         rejoins: dict[tuple[int, int], dict] = defaultdict(dict)  # (host, round) -> inboxes
         trains: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -390,7 +447,7 @@ class Executor:
             keys = [("state", rc.sender, rc.sender_round) for rc in st.rejoin]
             parts = [self._final.get((j, r)) for _, j, r in keys]
             weights = [rc.weight for rc in st.rejoin]
-        elif self.barrier and self._rounds[t].trained < self._rounds[t].steps:
+        elif self.barrier and self._rounds[t].trained != self._rounds[t].steps:
             return None  # lock-step phases: combine once the whole round has trained
         elif self.algorithm.uses_server:
             keys, parts, weights = [("server", t)], [self._server.get(t)], [1.0]
@@ -403,8 +460,17 @@ class Executor:
         for key in keys:
             self._readers[key] -= 1
             if self._readers[key] == 0:
-                self._forget_value(key)
+                del self._readers[key]
+                self._release(key)
         return list(zip(weights, parts))
+
+    def _release(self, key: tuple) -> None:
+        """No operation taken reads ``key`` any more: forget it, or wait until no step still to
+        come can read it either (a server average is read in its own round only)."""
+        if key[0] == "server" or self.plan.settled(*key):
+            self._forget_value(key)
+        else:
+            self._awaiting.add(key)
 
     def _forget_value(self, key: tuple) -> None:
         if key[0] == "message":
@@ -441,10 +507,13 @@ class Executor:
         r, log = self._rounds[t], self.log
         talks, server = self.algorithm.communicates, self.algorithm.uses_server
         for i, pub in reply.nodes.items():
-            st = self.plan.steps[(i, t)]
+            st = self._steps[(i, t)]
             self._trained[(i, t)] = pub.state
-            if server or self._readers[("message", i, t)] > 0:
+            key = ("message", i, t)
+            if server or self._readers[key] > 0 or not self.plan.settled(*key):
                 self._messages[(i, t)] = pub.message
+                if not server and self._readers[key] == 0:
+                    self._awaiting.add(key)
             sent = 0.0 if not talks else pub.message_bytes * (1 if server else st.sent)
             log.add(t, i, "train_loss", pub.loss, st.trained_s)
             log.add(t, i, "node_train_s", pub.train_s, st.trained_s)
@@ -454,16 +523,20 @@ class Executor:
             if not talks:
                 self._finish(st, pub.state)
         if r.trained == r.steps:
-            r.trained_at = time.perf_counter()
-            if server and talks:
-                self._server_step(t)
+            self._round_trained(t)
         if r.finished == r.steps:
             r.combined_at = r.trained_at
+
+    def _round_trained(self, t: int) -> None:
+        """Every node of round t has trained (a server method's server then steps)."""
+        self._rounds[t].trained_at = time.perf_counter()
+        if self.algorithm.uses_server and self.algorithm.communicates:
+            self._server_step(t)
 
     def _server_step(self, t: int) -> None:
         """A server method (fedavg...): the server aggregates the round's messages (weighted
         by shard size, as the method says)."""
-        ids = [st.node for st in self._round_steps[t]]
+        ids = sorted(self._rounds[t].nodes)
         packed = self.hosts.fetch([self._messages.pop((i, t)) for i in ids])
         messages = [unpack_adapter(m) for m in packed]
         sizes = self.sizes[ids]
@@ -474,7 +547,7 @@ class Executor:
 
     def _on_combined(self, t: int, reply: Reply[Combined]) -> None:
         for i, c in reply.nodes.items():
-            st = self.plan.steps[(i, t)]
+            st = self._steps[(i, t)]
             for key, value in c.stats.items():
                 self.log.add(t, i, key, value, st.combine_s)
             self._finish(st, c.state)
@@ -485,6 +558,7 @@ class Executor:
     def _finish(self, st: Step, state: Part) -> None:
         """Node st.node's round st.round_idx is done: its final state is ``state``."""
         i, t = st.node, st.round_idx
+        del self._steps[(i, t)]
         self._final[(i, t)] = state
         self._final_rounds[i].append(t)  # a node's operations complete in plan order
         self._rounds[t].finished += 1
@@ -520,7 +594,7 @@ class Executor:
         submitted too (they come back later)."""
         r, log, n = self._rounds[t], self.log, self.n
         when = self.plan.round_end_s(t)
-        last = t == self.plan.last_round
+        last = self._is_last(t)
         measure = t % self.cfg.eval.metrics_every == 0 or last
         evaluate = t % self.cfg.eval.every == 0 or last
         average = evaluate and self.cfg.eval.network_average and self.cfg.eval.on != "local"
@@ -585,6 +659,9 @@ class Executor:
                 key = (i, rounds.popleft())
                 if self._readers[("state", *key)] > 0:
                     self._retired.add(key)
+                elif not self.plan.settled("state", *key):
+                    self._retired.add(key)
+                    self._awaiting.add(("state", *key))
                 else:
                     del self._final[key]
 
@@ -617,6 +694,7 @@ class Executor:
             self.log.add(t, NETWORK, key, value, when)
         self.log.flush()
         del self._rounds[t]
+        self.plan.forget_ends(t)
         self._slowest_round_s = max(self._slowest_round_s, phases["round_wall_s"])
 
     # ------------------------------------------------------------------ rows

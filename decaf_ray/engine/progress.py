@@ -42,6 +42,13 @@ class Progress:
                 flush=True,
             )
 
+    def set_total(self, total: int) -> None:
+        """The run turned out to have ``total`` rounds (a time budget stops it early)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -6,9 +6,12 @@ node holds, renormalised to sum to one: w_ij = Pi_ij / sum_{k held} Pi_ik. When 
 arrived the row is used unchanged (bit for bit). The plan depends only on the World and the
 message size, never on the wall clock, so it is identical on every machine.
 
-``plan_sync`` covers ``sync`` (barrier rounds; the last arrival ends the round) and
-``deadline`` (rounds of at most ``deadline_s``; later messages are dropped); ``plan_async``
-(:mod:`decaf_ray.virtual.des`) covers ``async`` and ``bounded``. Both planners give the three
+:class:`SyncPlanner` covers ``sync`` (barrier rounds; the last arrival ends the round) and
+``deadline`` (rounds of at most ``deadline_s``; later messages are dropped);
+:class:`~decaf_ray.virtual.des.AsyncPlanner` covers ``async`` and ``bounded``. Both yield
+their steps as virtual time advances (:mod:`decaf_ray.virtual.stream` keeps a window of them
+ahead of the executor); ``plan_sync`` and ``plan_async`` collect every step into a
+:class:`Plan` (small runs and tests). Both planners give the three
 counts one meaning, so that with staleness 0 and equal speeds they give identical steps:
 
 - ``sent``: messages node i transmits after its round-t local steps, one to each neighbour of
@@ -25,6 +28,7 @@ counts one meaning, so that with staleness 0 and equal speeds they give identica
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -94,22 +98,22 @@ class Plan:
 
 
 def weighted(
-    Pi_row: np.ndarray,
+    Pi_row: Mapping[int, float],
     node: int,
     held: list[tuple[int, int, float, float]],
     missing: str = "renormalise",
 ) -> tuple[Receipt, ...]:
     """Receipts of the held messages (sender, round, sent, arrived), the node's own included.
 
+    ``Pi_row`` is {j: Pi_ij} over the row's non-zero entries (:meth:`Neighbours.row`).
     ``missing="renormalise"``: w_ij = Pi_ij / sum_{k held} Pi_ik. ``missing="to_self"``: held
     neighbours keep Pi_ij and the node's own weight takes the rest, w_ii = 1 - sum_{j held,
     j != i} Pi_ij (as if the missing links were absent from the graph: Pi stays symmetric and
     doubly stochastic when losses are symmetric). If everything arrived, w is Pi's row as is.
     """
     held = sorted(held)
-    w = np.array([Pi_row[j] for j, *_ in held], dtype=np.float64)
-    support = int(np.count_nonzero(Pi_row))
-    if len(held) != support:
+    w = np.array([Pi_row.get(j, 0.0) for j, *_ in held], dtype=np.float64)
+    if len(held) != len(Pi_row):
         if missing == "to_self":
             me = [j for j, *_ in held].index(node)
             w[me] = 1.0 - np.delete(w, me).sum()
@@ -118,15 +122,113 @@ def weighted(
     return tuple(Receipt(j, r, float(wj), s, a) for (j, r, s, a), wj in zip(held, w))
 
 
-def rejoin_receipts(Pi_row: np.ndarray, node: int, held: list) -> tuple[Receipt, ...]:
+def rejoin_receipts(Pi_row: Mapping[int, float], node: int, held: list) -> tuple[Receipt, ...]:
     """Receipts of neighbours' states (self excluded), held as (neighbour, state's round,
-    state made at, now); weights Pi_ij renormalised over them."""
-    others = [h for h in held if h[0] != node and Pi_row[h[0]] > 0]
+    state made at, now); weights Pi_ij ({j: Pi_ij} as in :func:`weighted`) renormalised over
+    them."""
+    others = sorted(h for h in held if h[0] != node and Pi_row.get(h[0], 0.0) > 0)
     if not others:
         return ()
-    w = np.array([Pi_row[j] for j, *_ in sorted(others)])
+    w = np.array([Pi_row[j] for j, *_ in others], dtype=np.float64)
     w = w / w.sum()
-    return tuple(Receipt(j, r, float(wj), s, a) for (j, r, s, a), wj in zip(sorted(others), w))
+    return tuple(Receipt(j, r, float(wj), s, a) for (j, r, s, a), wj in zip(others, w))
+
+
+class SyncPlanner:
+    """Barrier rounds. Round t starts at T0 (end of round t - 1); present node i publishes at
+    T0 + c_i; j's message reaches i at T0 + c_j + delay unless lost. sync: the round ends at the
+    last arrival (or last training end). deadline: the round ends at min(that, T0 + deadline_s)
+    and messages arriving after T0 + deadline_s are dropped (a node slower than the deadline
+    still completes its own steps; only its messages are late).
+
+    :meth:`batches` yields round 1's steps (a list in node order), then round 2's...; memory
+    is O(n + nnz) whatever the number of rounds. ``events`` (a list) records (time_s, kind,
+    node, round). Between two batches :attr:`settled_round` and :meth:`settled` describe what
+    the steps still to come can read."""
+
+    def __init__(
+        self,
+        world: World,
+        nbytes: float,
+        deadline_s: float | None = None,
+        rejoin: str = "stale",
+        missing: str = "renormalise",
+        budget_s: float | None = None,
+        events: list | None = None,
+    ) -> None:
+        self.world, self.delay = world, world.link.delay_s(nbytes)
+        self.deadline_s, self.rejoin, self.missing, self.budget_s = (
+            deadline_s,
+            rejoin,
+            missing,
+            budget_s,
+        )
+        self.events = events
+        self.settled_round = 0  # every step of rounds <= this one has been yielded
+        self.combined = [(0, 0.0)] * world.n  # node -> (round, time) of its latest combine
+
+    def settled(self, kind: str, node: int, round_idx: int) -> bool:
+        """True when no step still to come reads ``kind`` ("message" or "state") of
+        (node, round): a round's messages are read in that round only; a rejoin reads a
+        node's latest state."""
+        if kind == "message":
+            return round_idx <= self.settled_round
+        return round_idx < self.combined[node][0]
+
+    def batches(self) -> Iterator[list[Step]]:
+        world, delay, deadline_s, combined = self.world, self.delay, self.deadline_s, self.combined
+        T0 = 0.0
+        for t in range(1, world.rounds + 1):
+            if self.budget_s is not None and T0 >= self.budget_s:
+                break  # the time budget is spent: no new round starts
+            nb, present = world.neighbours(t), world.active[:, t - 1]
+            trained = {i: T0 + float(world.compute_s[i, t - 1]) for i in np.flatnonzero(present)}
+            trained = {int(i): c for i, c in trained.items()}
+            ends = list(trained.values())
+            held = {i: [(i, t, trained[i], trained[i])] for i in trained}
+            dropped = dict.fromkeys(trained, 0)
+            sent = dict.fromkeys(trained, 0)
+            limit = T0 + deadline_s if deadline_s is not None else np.inf
+            for j in trained:
+                for i in nb.receivers(j):
+                    if i not in trained:
+                        continue  # absent nodes neither send nor receive
+                    sent[j] += 1
+                    arrive = trained[j] + delay
+                    ends.append(arrive)
+                    if world.is_lost(t, j, i) or arrive > limit:
+                        dropped[i] += 1
+                    else:
+                        held[i].append((j, t, trained[j], arrive))
+            end = max(ends) if ends else T0
+            if deadline_s is not None:
+                end = min(end, limit)
+            batch = []
+            for i in sorted(trained):
+                row = nb.row(i)
+                back = ()
+                if self.rejoin == "neighbours" and rejoining(world.active, i, t):
+                    states = [(j, *combined[j], T0) for j in row if j in trained]  # present
+                    back = rejoin_receipts(row, i, states)
+                if self.events is not None:
+                    self.events.append((end, "combine", i, t))
+                step = Step(
+                    i,
+                    t,
+                    T0,
+                    trained[i],
+                    end,  # deadline: even a node slower than the deadline combines then
+                    weighted(row, i, held[i], self.missing),
+                    back,
+                    sent[i],
+                    dropped[i],
+                )
+                batch.append(step)
+            for i in trained:
+                combined[i] = (t, end)
+            self.settled_round = t
+            T0 = end
+            yield batch
 
 
 def plan_sync(
@@ -137,59 +239,8 @@ def plan_sync(
     missing: str = "renormalise",
     budget_s: float | None = None,
 ) -> Plan:
-    """Barrier rounds. Round t starts at T0 (end of round t - 1); present node i publishes at
-    T0 + c_i; j's message reaches i at T0 + c_j + delay unless lost. sync: the round ends at the
-    last arrival (or last training end). deadline: the round ends at min(that, T0 + deadline_s)
-    and messages arriving after T0 + deadline_s are dropped (a node slower than the deadline
-    still completes its own steps; only its messages are late)."""
-    n, delay = world.n, world.link.delay_s(nbytes)
-    steps, events, T0 = {}, [], 0.0
-    combined = {i: (0, 0.0) for i in range(n)}  # node -> (round, time) of its latest combine
-    for t in range(1, world.rounds + 1):
-        if budget_s is not None and T0 >= budget_s:
-            break  # the time budget is spent: no new round starts
-        Pi, present = world.Pi(t), world.active[:, t - 1]
-        trained = {i: T0 + float(world.compute_s[i, t - 1]) for i in range(n) if present[i]}
-        ends = list(trained.values())
-        held = {i: [(i, t, trained[i], trained[i])] for i in trained}
-        dropped = dict.fromkeys(trained, 0)
-        sent = dict.fromkeys(trained, 0)
-        limit = T0 + deadline_s if deadline_s is not None else np.inf
-        for j in trained:
-            for i in np.flatnonzero(Pi[:, j]):
-                i = int(i)
-                if i == j:
-                    continue
-                if i not in trained:
-                    continue  # absent nodes neither send nor receive
-                sent[j] += 1
-                arrive = trained[j] + delay
-                ends.append(arrive)
-                if world.lost[t - 1, j, i] or arrive > limit:
-                    dropped[i] += 1
-                else:
-                    held[i].append((j, t, trained[j], arrive))
-        end = max(ends) if ends else T0
-        if deadline_s is not None:
-            end = min(end, limit)
-        for i in sorted(trained):
-            back = ()
-            if rejoin == "neighbours" and rejoining(world.active, i, t):
-                states = [(j, *combined[j], T0) for j in trained]  # present neighbours
-                back = rejoin_receipts(Pi[i], i, states)
-            steps[(i, t)] = Step(
-                i,
-                t,
-                T0,
-                trained[i],
-                end,  # deadline: even a node slower than the deadline combines then
-                weighted(Pi[i], i, held[i], missing),
-                back,
-                sent[i],
-                dropped[i],
-            )
-            events.append((end, "combine", i, t))
-        for i in trained:
-            combined[i] = (t, end)
-        T0 = end
+    """Every step of :class:`SyncPlanner` at once (O(n T) memory: small runs and tests)."""
+    events: list = []
+    planner = SyncPlanner(world, nbytes, deadline_s, rejoin, missing, budget_s, events)
+    steps = {(st.node, st.round_idx): st for batch in planner.batches() for st in batch}
     return Plan(steps, tuple(events))
