@@ -208,7 +208,7 @@ def check_mixing(Pi: Matrix, G: nx.Graph | None = None, atol: float = 1e-9) -> M
     gossip = not (sym or rows or sign)
     lam2 = second_modulus(Pi if not is_sparse(Pi) else csr, symmetric=not sym, gossip=gossip)
     gap = 1.0 - lam2
-    if np.isnan(lam2):
+    if np.isnan(lam2) and not problems:
         problems.append(
             f"the spectral gap of this {csr.shape[0]}-node Pi could not be computed (the "
             "sparse eigen-solver did not converge); check it with topologies.spectral_gap"

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from topologies.sparse import Matrix, prefers_sparse
+from topologies.spectrum import LANCZOS_MAXITER, banded_lu_is_cheap, start_vector
 
 _LAPLACIAN_TOL = 1e-12  # eigsh's relative tolerance on lambda_max(L) for a sparse laplacian rule
 
@@ -124,17 +125,45 @@ def max_degree(G: nx.Graph, sparse: bool | None = None) -> Matrix:
 
 
 def _lambda_max(lap: Matrix) -> float:
-    """Largest eigenvalue of the Laplacian L (n x n): dense eigvalsh, or eigsh on a sparse L
-    (relative tolerance 1e-12; a ValueError when it does not converge)."""
+    """Largest eigenvalue of the Laplacian L (n x n): dense eigvalsh; for a sparse L of small
+    bandwidth (rings, tori: the top of the spectrum is clustered) shift-invert at the
+    Gershgorin bound g = max_i 2 L_ii >= lambda_max, i.e. g - 1 / mu_top((g I - L)^-1), and
+    eigsh on L itself otherwise; both to a relative 1e-12, a ValueError if ARPACK fails."""
     if not sp.issparse(lap):
         return float(np.linalg.eigvalsh(lap)[-1])
+    n = lap.shape[0]
     try:
-        top = sla.eigsh(lap, k=1, which="LA", tol=_LAPLACIAN_TOL, return_eigenvectors=False)
+        if banded_lu_is_cheap(lap):
+            g = 2.0 * float(lap.diagonal().max())
+            try:
+                lu = sla.splu(sp.csc_array(g * sp.eye_array(n) - lap), permc_spec="MMD_AT_PLUS_A")
+            except RuntimeError:  # exactly singular: g is an eigenvalue (bipartite regular G)
+                return g
+            op = sla.LinearOperator((n, n), matvec=lambda b: lu.solve(np.ravel(b)), dtype=float)
+            mu = sla.eigsh(
+                op,
+                k=1,
+                which="LA",
+                tol=_LAPLACIAN_TOL,
+                maxiter=LANCZOS_MAXITER,
+                v0=start_vector(n),
+                return_eigenvectors=False,
+            )
+            return g - 1.0 / float(mu[0])
+        top = sla.eigsh(
+            lap,
+            k=1,
+            which="LA",
+            tol=_LAPLACIAN_TOL,
+            maxiter=LANCZOS_MAXITER,
+            v0=start_vector(n),
+            return_eigenvectors=False,
+        )
     except sla.ArpackNoConvergence as err:
         raise ValueError(
-            f"mixing rule 'laplacian' needs lambda_max(L) of this {lap.shape[0]}-node graph and "
-            "eigsh did not converge (the top of L's spectrum is clustered, as on a long ring): "
-            "use metropolis_hastings, or mixing_matrix(G, 'laplacian', sparse=False)"
+            f"mixing rule 'laplacian' needs lambda_max(L) of this {n}-node graph and eigsh "
+            "did not converge: use metropolis_hastings, or mixing_matrix(G, 'laplacian', "
+            "sparse=False)"
         ) from err
     return float(top[0])
 

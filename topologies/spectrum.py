@@ -5,8 +5,9 @@
 - Larger n, Pi symmetric, non-negative with rows summing to 1 (a gossip matrix): its top
   eigenvector is the all-ones vector 1 (eigenvalue 1), so |lambda_2| = max(lambda_top,
   -lambda_min) with lambda_top the largest eigenvalue on the complement of 1. Two solvers,
-  chosen by the reverse Cuthill-McKee bandwidth b of Pi (an O(nnz) bound on LU fill, n b):
-  * n b <= BANDED_MAX_WORK (rings, tori up to ~10^4 nodes, any graph of small bandwidth, where
+  chosen by the reverse Cuthill-McKee bandwidth b of Pi (found in O(nnz); a banded LU costs
+  at most n b^2 flops and n b entries):
+  * n b^2 <= BANDED_MAX_FLOPS (rings, tori up to ~16,384 nodes, graphs of small bandwidth, where
     the gap can be 1e-7 and Lanczos on Pi would need millions of steps): shift-invert.
     1 - lambda_top is the smallest non-zero eigenvalue of L = I - Pi; the grounded system
     (L without row and column 0) is factorised once (sparse LU) and ``eigsh`` runs on
@@ -17,9 +18,9 @@
   * otherwise (expander-like graphs: Erdos-Renyi, random regular, exponential, small worlds,
     whose gaps are >= 1e-4): Lanczos, ``eigsh(Pi - 1 1^T / n, k=1, which="LM")``, which gives
     |lambda_2| itself to a relative EIGSH_TOL, i.e. the gap to an absolute ~1e-10.
-- Larger n and not a gossip matrix (a check of a broken matrix): ``eigsh``/``eigs`` with k=2,
-  which="LM" on Pi itself.
-When ARPACK does not converge in LANCZOS_MAXITER restarts the modulus is NaN, and
+- Larger n and not a gossip matrix (a broken matrix, whose problems ``check_mixing`` lists
+  anyway): NaN, not computed (``eigs`` on a non-symmetric 16,384-node Pi took tens of seconds).
+When ARPACK does not converge in LANCZOS_MAXITER restarts the modulus is NaN too, and
 ``check_mixing`` says so. The starting vector is fixed, so results are reproducible.
 """
 
@@ -33,7 +34,7 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 from topologies.sparse import Matrix, as_csr, as_dense
 
 DENSE_EIG_MAX_N = 2048
-BANDED_MAX_WORK = 2.5e7  # n * bandwidth; 10^4-node torus: 2e6 (LU 1.2M entries, 0.4 s)
+BANDED_MAX_FLOPS = 2e9  # n b^2 bounds a banded LU's flops; 10^4-node torus: 4e8, 0.4 s
 EIGSH_TOL = 1e-10
 LANCZOS_MAXITER = 3000
 
@@ -50,10 +51,15 @@ def second_modulus(Pi: Matrix, symmetric: bool, gossip: bool) -> float:
         return float(np.sort(np.abs(eig))[-2])
     csr = as_csr(Pi)
     if not (symmetric and gossip):
-        return _any_modulus(csr, symmetric)
-    if n * (rcm_bandwidth(csr) + 1) <= BANDED_MAX_WORK:
+        return float("nan")
+    if banded_lu_is_cheap(csr):
         return _shift_invert_modulus(csr)
     return _lanczos_modulus(csr)
+
+
+def banded_lu_is_cheap(csr: sp.csr_array) -> bool:
+    """Whether a sparse LU of a matrix with Pi's pattern costs <= BANDED_MAX_FLOPS (n b^2)."""
+    return csr.shape[0] * rcm_bandwidth(csr) ** 2 <= BANDED_MAX_FLOPS
 
 
 def rcm_bandwidth(csr: sp.csr_array) -> int:
@@ -68,7 +74,7 @@ def rcm_bandwidth(csr: sp.csr_array) -> int:
     return int(np.abs(position[coo.row] - position[coo.col]).max())
 
 
-def _start(n: int) -> np.ndarray:
+def start_vector(n: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(n)
 
 
@@ -81,7 +87,7 @@ def _top(op: sla.LinearOperator | sp.csr_array) -> float:
             which="LA",
             tol=EIGSH_TOL,
             maxiter=LANCZOS_MAXITER,
-            v0=_start(op.shape[0]),
+            v0=start_vector(op.shape[0]),
             return_eigenvectors=False,
         )
     except sla.ArpackNoConvergence:
@@ -145,27 +151,9 @@ def _lanczos_modulus(Pi: sp.csr_array) -> float:
             which="LM",
             tol=EIGSH_TOL,
             maxiter=LANCZOS_MAXITER,
-            v0=_start(n),
+            v0=start_vector(n),
             return_eigenvectors=False,
         )
     except sla.ArpackNoConvergence:
         return float("nan")
     return float(abs(eig[0]))
-
-
-def _any_modulus(Pi: sp.csr_array, symmetric: bool) -> float:
-    """Second-largest |eigenvalue| of any sparse Pi: eigsh/eigs with k=2, which="LM"."""
-    solver = sla.eigsh if symmetric else sla.eigs
-    try:
-        eig = solver(
-            Pi,
-            k=2,
-            which="LM",
-            tol=EIGSH_TOL,
-            maxiter=LANCZOS_MAXITER,
-            v0=_start(Pi.shape[0]),
-            return_eigenvectors=False,
-        )
-    except sla.ArpackNoConvergence:
-        return float("nan")
-    return float(np.sort(np.abs(eig))[-2])
