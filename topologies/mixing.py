@@ -21,7 +21,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from topologies.sparse import Matrix, prefers_sparse
-from topologies.spectrum import LANCZOS_MAXITER, banded_lu_is_cheap, start_vector
+from topologies.spectrum import (
+    LANCZOS_MAXITER,
+    banded_lu_is_cheap,
+    nonsingular_lu,
+    start_vector,
+)
 
 _LAPLACIAN_TOL = 1e-12  # eigsh's relative tolerance on lambda_max(L) for a sparse laplacian rule
 
@@ -135,9 +140,8 @@ def _lambda_max(lap: Matrix) -> float:
     try:
         if banded_lu_is_cheap(lap):
             g = 2.0 * float(lap.diagonal().max())
-            try:
-                lu = sla.splu(sp.csc_array(g * sp.eye_array(n) - lap), permc_spec="MMD_AT_PLUS_A")
-            except RuntimeError:  # exactly singular: g is an eigenvalue (bipartite regular G)
+            lu = nonsingular_lu(g * sp.eye_array(n) - lap)
+            if lu is None:  # g is an eigenvalue (a bipartite regular graph)
                 return g
             op = sla.LinearOperator((n, n), matvec=lambda b: lu.solve(np.ravel(b)), dtype=float)
             mu = sla.eigsh(

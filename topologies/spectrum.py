@@ -7,7 +7,7 @@
   -lambda_min) with lambda_top the largest eigenvalue on the complement of 1. Two solvers,
   chosen by the reverse Cuthill-McKee bandwidth b of Pi (found in O(nnz); a banded LU costs
   at most n b^2 flops and n b entries):
-  * n b^2 <= BANDED_MAX_FLOPS (rings, tori up to ~16,384 nodes, graphs of small bandwidth, where
+  * n b^2 <= BANDED_MAX_FLOPS or b <= 4 sqrt(n) (rings, tori, grid-like graphs, where
     the gap can be 1e-7 and Lanczos on Pi would need millions of steps): shift-invert.
     1 - lambda_top is the smallest non-zero eigenvalue of L = I - Pi; the grounded system
     (L without row and column 0) is factorised once (sparse LU) and ``eigsh`` runs on
@@ -26,6 +26,8 @@ When ARPACK does not converge in LANCZOS_MAXITER restarts the modulus is NaN too
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
@@ -36,6 +38,7 @@ from topologies.sparse import Matrix, as_csr, as_dense
 DENSE_EIG_MAX_N = 2048
 BANDED_MAX_FLOPS = 2e9  # n b^2 bounds a banded LU's flops; 10^4-node torus: 4e8, 0.4 s
 EIGSH_TOL = 1e-10
+SINGULAR_PIVOT = 1e-9  # relative; a 16,383-node ring's 4 I - L (not singular) has ~1e-4
 LANCZOS_MAXITER = 3000
 
 
@@ -58,8 +61,11 @@ def second_modulus(Pi: Matrix, symmetric: bool, gossip: bool) -> float:
 
 
 def banded_lu_is_cheap(csr: sp.csr_array) -> bool:
-    """Whether a sparse LU of a matrix with Pi's pattern costs <= BANDED_MAX_FLOPS (n b^2)."""
-    return csr.shape[0] * rcm_bandwidth(csr) ** 2 <= BANDED_MAX_FLOPS
+    """Whether a sparse LU of a matrix with Pi's pattern is cheap: n b^2 <= BANDED_MAX_FLOPS,
+    or b <= 4 sqrt(n), a grid-like graph, whose minimum-degree LU fills far less than the
+    band (65,536-node torus, b = 511: 3 s, where Lanczos took 244 s)."""
+    n, b = csr.shape[0], rcm_bandwidth(csr)
+    return n * b**2 <= BANDED_MAX_FLOPS or b <= 4 * math.sqrt(n)
 
 
 def rcm_bandwidth(csr: sp.csr_array) -> int:
@@ -95,14 +101,26 @@ def _top(op: sla.LinearOperator | sp.csr_array) -> float:
     return float(top[0])
 
 
+def nonsingular_lu(M: sp.sparray) -> sla.SuperLU | None:
+    """Sparse LU of M, or None when M is singular: SuperLU says so, or a pivot is below
+    SINGULAR_PIVOT times the largest |M_ij| (rounding keeps an exactly singular M from
+    always giving an exact zero pivot: the 4 x 4 torus's 8 I - L gave 7e-16)."""
+    try:
+        lu = sla.splu(sp.csc_array(M), permc_spec="MMD_AT_PLUS_A")
+    except RuntimeError:  # "Factor is exactly singular"
+        return None
+    if np.abs(lu.U.diagonal()).min() <= SINGULAR_PIVOT * abs(M).max():
+        return None
+    return lu
+
+
 def _inverse_on_mean_zero(M: sp.csr_array, grounded: bool) -> sla.LinearOperator | None:
     """x -> M^-1 x (or, ``grounded``, L^+ x for a Laplacian M = L, solving with row and column
     0 removed and projecting out 1 before and after); None when the LU finds M singular."""
     n = M.shape[0]
     system = M[1:, 1:] if grounded else M
-    try:
-        lu = sla.splu(sp.csc_array(system), permc_spec="MMD_AT_PLUS_A")
-    except RuntimeError:  # "Factor is exactly singular"
+    lu = nonsingular_lu(system)
+    if lu is None:
         return None
 
     def solve(b: np.ndarray) -> np.ndarray:
