@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from topologies.sparse import Matrix, as_csr, as_dense, is_sparse
+from topologies.spectrum import DENSE_EIG_MAX_N, second_modulus
 
 
 class MixingError(ValueError):
@@ -44,45 +49,72 @@ def _more(count: int, what: str) -> str:
     return f" (and {count} more {what})" if count > 0 else ""
 
 
-def _second_modulus(Pi: np.ndarray, symmetric: bool) -> float:
-    """|lambda_2|: second-largest eigenvalue modulus of Pi (0 for a 1 x 1 matrix)."""
-    if Pi.shape[0] < 2:
-        return 0.0
-    eig = np.linalg.eigvalsh((Pi + Pi.T) / 2) if symmetric else np.linalg.eigvals(Pi)
-    return float(np.sort(np.abs(eig))[-2])
+def _is_gossip(Pi: sp.csr_array, atol: float) -> bool:
+    """Non-negative with unit row sums (what the sparse eigen-solvers rely on)."""
+    return bool(np.all(Pi.data >= -atol) and np.all(np.abs(Pi.sum(axis=1) - 1.0) <= atol))
 
 
-def spectral_gap(Pi: np.ndarray) -> float:
-    """Spectral gap 1 - |lambda_2| of a square mixing matrix (1 means one-step averaging)."""
-    Pi = np.asarray(Pi, dtype=np.float64)
+def spectral_gap(Pi: Matrix) -> float:
+    """Spectral gap 1 - |lambda_2| of a square mixing matrix (1 means one-step averaging).
+
+    Pi may be a numpy array or a scipy.sparse matrix; above 2,048 nodes the gap comes from a
+    sparse eigen-solver (:mod:`topologies.spectrum`: relative accuracy about 1e-10).
+    """
+    if not is_sparse(Pi):
+        Pi = np.asarray(Pi, dtype=np.float64)
     if Pi.ndim != 2 or Pi.shape[0] != Pi.shape[1]:
         raise ValueError(f"Pi has shape {Pi.shape}; expected a square n x n matrix")
-    return 1.0 - _second_modulus(Pi, symmetric=np.allclose(Pi, Pi.T, rtol=0.0, atol=1e-12))
+    if Pi.shape[0] <= DENSE_EIG_MAX_N:
+        dense = as_dense(Pi)
+        return 1.0 - second_modulus(dense, np.allclose(dense, dense.T, rtol=0.0, atol=1e-12), False)
+    csr = as_csr(Pi)
+    symmetric = len(_asymmetric(csr, 1e-12)[0]) == 0
+    return 1.0 - second_modulus(csr, symmetric, symmetric and _is_gossip(csr, 1e-9))
 
 
-def _shape_problem(Pi: np.ndarray, G: nx.Graph | None) -> str | None:
-    if Pi.ndim != 2 or Pi.shape[0] != Pi.shape[1] or Pi.shape[0] == 0:
+def _entries(Pi: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of the stored entries of a canonical csr_array, in row-major
+    order (the order np.argwhere lists a dense matrix's entries in)."""
+    rows = np.repeat(np.arange(Pi.shape[0]), np.diff(Pi.indptr))
+    return rows, Pi.indices.astype(np.int64), Pi.data
+
+
+def _shape_problem(Pi: Matrix, G: nx.Graph | None) -> str | None:
+    if len(Pi.shape) != 2 or Pi.shape[0] != Pi.shape[1] or Pi.shape[0] == 0:
         return f"Pi has shape {Pi.shape}; expected a square n x n matrix with n >= 1"
     n = Pi.shape[0]
     if G is not None and G.number_of_nodes() != n:
         return f"Pi is {n} x {n} but the graph has {G.number_of_nodes()} nodes"
     if G is not None and set(G.nodes) != set(range(n)):
         return "the graph's nodes must be labelled 0..n-1 to match the rows of Pi"
-    if not np.all(np.isfinite(Pi)):
-        i, j = np.argwhere(~np.isfinite(Pi))[0]
-        return f"Pi contains NaN or inf values, e.g. Pi[{i},{j}]={Pi[i, j]}"
     return None
 
 
-def _symmetry_problems(Pi: np.ndarray, atol: float) -> list[str]:
-    diff = np.triu(np.abs(Pi - Pi.T))
-    bad = np.argwhere(diff > atol)
+def _finite_problem(Pi: sp.csr_array) -> str | None:
+    rows, cols, values = _entries(Pi)
+    bad = np.flatnonzero(~np.isfinite(values))
     if len(bad) == 0:
+        return None
+    k = bad[0]
+    return f"Pi contains NaN or inf values, e.g. Pi[{rows[k]},{cols[k]}]={values[k]}"
+
+
+def _asymmetric(Pi: sp.csr_array, atol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, |Pi_ij - Pi_ji|) of the pairs i <= j whose difference exceeds atol."""
+    rows, cols, diff = _entries(as_csr(sp.triu(abs(Pi - Pi.T))))
+    bad = diff > atol
+    return rows[bad], cols[bad], diff[bad]
+
+
+def _symmetry_problems(Pi: sp.csr_array, atol: float) -> list[str]:
+    rows, cols, diff = _asymmetric(Pi, atol)
+    if len(diff) == 0:
         return []
-    i, j = np.unravel_index(np.argmax(diff), diff.shape)
+    k = int(np.argmax(diff))  # the first largest, in row-major order
+    i, j = rows[k], cols[k]
     return [
         f"Pi is not symmetric: Pi[{i},{j}]={_fmt(Pi[i, j])} but Pi[{j},{i}]={_fmt(Pi[j, i])}"
-        f"{_more(len(bad) - 1, 'pairs')}; use a symmetric rule such as metropolis_hastings"
+        f"{_more(len(diff) - 1, 'pairs')}; use a symmetric rule such as metropolis_hastings"
     ]
 
 
@@ -94,74 +126,94 @@ def _sum_problems(sums: np.ndarray, what: str, atol: float) -> list[str]:
     return [f"{what} {i} sums to {_fmt(sums[i])}, not 1{_more(len(bad) - 1, what + 's')}"]
 
 
-def _sign_problems(Pi: np.ndarray, atol: float) -> list[str]:
-    bad = np.argwhere(Pi < -atol)
-    if len(bad) == 0:
+def _sign_problems(Pi: sp.csr_array, atol: float) -> list[str]:
+    rows, cols, values = _entries(Pi)
+    bad = values < -atol
+    if not bad.any():
         return []
-    i, j = np.unravel_index(np.argmin(Pi), Pi.shape)
+    k = int(np.argmin(values))
     return [
-        f"Pi[{i},{j}]={_fmt(Pi[i, j])} is negative{_more(len(bad) - 1, 'entries')}; "
-        "mixing weights must be >= 0"
+        f"Pi[{rows[k]},{cols[k]}]={_fmt(values[k])} is negative"
+        f"{_more(int(bad.sum()) - 1, 'entries')}; mixing weights must be >= 0"
     ]
 
 
-def _support_problems(Pi: np.ndarray, G: nx.Graph, atol: float) -> list[str]:
-    allowed = np.eye(Pi.shape[0], dtype=bool)
-    for u, v in G.edges:
-        allowed[u, v] = allowed[v, u] = True
-    bad = np.argwhere((np.abs(Pi) > atol) & ~allowed)
+def _support_problems(Pi: sp.csr_array, G: nx.Graph, atol: float) -> list[str]:
+    n = Pi.shape[0]
+    edges = np.array([(u, v) for u, v in G.edges], dtype=np.int64).reshape(-1, 2)
+    node = np.arange(n, dtype=np.int64)
+    allowed = np.concatenate([edges[:, 0] * n + edges[:, 1], edges[:, 1] * n + edges[:, 0]])
+    allowed = np.concatenate([allowed, node * n + node])  # the diagonal
+    rows, cols, values = _entries(Pi)
+    bad = np.flatnonzero((np.abs(values) > atol) & ~np.isin(rows * n + cols, allowed))
     if len(bad) == 0:
         return []
-    i, j = bad[0]
+    k = bad[0]
+    i, j = rows[k], cols[k]
     return [
-        f"Pi[{i},{j}]={_fmt(Pi[i, j])} but ({i},{j}) is not an edge of the graph"
+        f"Pi[{i},{j}]={_fmt(values[k])} but ({i},{j}) is not an edge of the graph"
         f"{_more(len(bad) - 1, 'entries')}"
     ]
 
 
-def _support_graph(Pi: np.ndarray, atol: float) -> nx.Graph:
-    """Undirected graph with an edge i-j wherever Pi_ij or Pi_ji is non-zero (i != j)."""
-    support = nx.empty_graph(Pi.shape[0])
-    mask = np.abs(Pi) > atol
-    np.fill_diagonal(mask, False)
-    support.add_edges_from(map(tuple, np.argwhere(mask | mask.T)))
-    return support
+def _support_components(Pi: sp.csr_array, atol: float) -> int:
+    """Connected components of the undirected graph with an edge i-j wherever Pi_ij or Pi_ji
+    is non-zero (i != j)."""
+    rows, cols, values = _entries(Pi)
+    keep = (np.abs(values) > atol) & (rows != cols)
+    n = Pi.shape[0]
+    mask = sp.csr_array((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
+    return int(connected_components(mask, directed=False)[0])
 
 
-def _connectivity_problems(support: nx.Graph, G: nx.Graph | None) -> list[str]:
+def _connectivity_problems(Pi: sp.csr_array, G: nx.Graph | None, atol: float) -> list[str]:
     consequence = "gossip cannot reach consensus"
     if G is not None and not nx.is_connected(G):
         k = nx.number_connected_components(G)
         return [f"the graph is disconnected ({k} components): {consequence}"]
-    if not nx.is_connected(support):
-        k = nx.number_connected_components(support)
+    k = _support_components(Pi, atol)
+    if k > 1:
         return [f"the support graph of Pi is disconnected ({k} components): {consequence}"]
     return []
 
 
-def check_mixing(Pi: np.ndarray, G: nx.Graph | None = None, atol: float = 1e-9) -> MixingReport:
+def check_mixing(Pi: Matrix, G: nx.Graph | None = None, atol: float = 1e-9) -> MixingReport:
     """Check Pi (n x n) against every gossip requirement; never raises on a bad Pi.
 
     When G is given, Pi_ij may be non-zero only for edges (i, j) of G and on the diagonal;
-    connectivity is that of the support graph of Pi (and of G when given).
+    connectivity is that of the support graph of Pi (and of G when given). Pi may be a numpy
+    array or a scipy.sparse matrix: every check but the dense eigen-solve of n <= 2,048 runs
+    on its stored entries, O(nnz), and never forms an n x n array (connectivity by
+    scipy.sparse.csgraph, |lambda_2| as :mod:`topologies.spectrum` says).
     """
-    Pi = np.asarray(Pi, dtype=np.float64)
+    if not is_sparse(Pi):
+        Pi = np.asarray(Pi, dtype=np.float64)
+    nan = float("nan")
     shape_problem = _shape_problem(Pi, G)
     if shape_problem is not None:
-        nan = float("nan")
         return MixingReport(False, False, False, False, False, nan, nan, (shape_problem,))
+    csr = as_csr(Pi)
+    finite_problem = _finite_problem(csr)
+    if finite_problem is not None:
+        return MixingReport(False, False, False, False, False, nan, nan, (finite_problem,))
 
-    sym = _symmetry_problems(Pi, atol)
-    rows = _sum_problems(Pi.sum(axis=1), "row", atol)
-    cols = _sum_problems(Pi.sum(axis=0), "column", atol) if sym else []
-    sign = _sign_problems(Pi, atol)
-    off_graph = _support_problems(Pi, G, atol) if G is not None else []
-    disconnected = _connectivity_problems(_support_graph(Pi, atol), G)
+    sym = _symmetry_problems(csr, atol)
+    rows = _sum_problems(csr.sum(axis=1), "row", atol)
+    cols = _sum_problems(csr.sum(axis=0), "column", atol) if sym else []
+    sign = _sign_problems(csr, atol)
+    off_graph = _support_problems(csr, G, atol) if G is not None else []
+    disconnected = _connectivity_problems(csr, G, atol)
     problems = sym + rows + cols + sign + off_graph + disconnected
 
-    lam2 = _second_modulus(Pi, symmetric=not sym)
+    gossip = not (sym or rows or sign)
+    lam2 = second_modulus(Pi if not is_sparse(Pi) else csr, symmetric=not sym, gossip=gossip)
     gap = 1.0 - lam2
-    if not problems and gap <= atol:
+    if np.isnan(lam2) and not problems:
+        problems.append(
+            f"the spectral gap of this {csr.shape[0]}-node Pi could not be computed (the "
+            "sparse eigen-solver did not converge); check it with topologies.spectral_gap"
+        )
+    elif not problems and gap <= atol:
         problems.append(
             f"|lambda_2|={_fmt(lam2)}, so the spectral gap is 0 and gossip will not converge; "
             "give every node a positive self-weight Pi[i,i]"
@@ -178,7 +230,7 @@ def check_mixing(Pi: np.ndarray, G: nx.Graph | None = None, atol: float = 1e-9) 
     )
 
 
-def validate_mixing(Pi: np.ndarray, G: nx.Graph | None = None, atol: float = 1e-9) -> MixingReport:
+def validate_mixing(Pi: Matrix, G: nx.Graph | None = None, atol: float = 1e-9) -> MixingReport:
     """Like :func:`check_mixing`, but raise :class:`MixingError` listing all problems."""
     report = check_mixing(Pi, G, atol=atol)
     if not report.ok:
