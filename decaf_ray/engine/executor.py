@@ -145,7 +145,7 @@ class Executor:
             r = self._rounds.setdefault(self._counted, _Round())
             r.steps = len(r.nodes)
             self._round_known(self._counted)
-        if steps:
+        if steps or self.plan.exhausted:  # at the end every value is settled
             self._settle()
 
     def _settle(self) -> None:
