@@ -40,6 +40,9 @@ def test_round_split_adds_up_and_the_floor_is_the_slowest_host():
     assert split["round_s"] == pytest.approx(parts + 0.3)
     # host 1 (nodes 2, 3) is slower: (0.3 + 0.4) t, at t = 2 and 3
     assert split["floor_s"] == pytest.approx(0.7 * 2.5)
+    assert split["node_step_s"] == pytest.approx(0.25 * 2.5)  # nodes 0.1 .. 0.4 s, times t
+    no_eval = split["round_s"] - split["eval_s"]
+    assert split["round_in_steps"] == pytest.approx(no_eval / 0.625)
 
 
 def test_growth_exponent_uses_the_two_largest_sizes_that_ran():
@@ -51,6 +54,8 @@ def test_growth_exponent_uses_the_two_largest_sizes_that_ran():
         }
     )
     assert growth_exponent(table) == pytest.approx(1.0)  # 4x the nodes, 4x the time
+    table["round_in_steps"] = [10.0, 20.0, 80.0 * 2, float("nan")]  # 8x for 4x: slope 1.5
+    assert growth_exponent(table, "round_in_steps") == pytest.approx(1.5)
     assert math.isnan(growth_exponent(table.iloc[[0, 3]]))  # one size ran: no slope
 
 
