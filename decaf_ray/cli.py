@@ -94,7 +94,7 @@ def _add_run_options(parser: argparse.ArgumentParser, set_help: str) -> None:
 
 
 def _add_bench_parser(sub) -> None:
-    from decaf_ray.bench.options import BenchOptions
+    from decaf_ray.bench.options import BenchOptions, ScaleOptions
 
     d = BenchOptions()
     b = sub.add_parser(
@@ -129,6 +129,35 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--tsvd-dense-repeats", type=int, default=d.tsvd_dense_repeats)
     b.add_argument("--num-cpus", type=int, default=d.num_cpus, help="CPUs of the local Ray")
     b.add_argument("--out", default=d.out_dir, help="parent folder of the run folder")
+    s = ScaleOptions()
+    g = b.add_argument_group(
+        "scaling curve (--scale)",
+        "the tiny model at growing n, each size in a guarded child process, one after "
+        "another; writes scale.csv and scale.txt to runs/out/bench-scale-<time>/. Full size: "
+        "--scale --scale-nodes 256 1024 4096 16384",
+    )
+    g.add_argument(
+        "--scale", action="store_true", help="measure the scaling curve (only it) instead"
+    )
+    g.add_argument("--scale-nodes", type=int, nargs="+", default=list(s.nodes), help="node counts")
+    g.add_argument(
+        "--scale-rounds", type=int, default=s.rounds, help="rounds per size (1st: warm-up)"
+    )
+    g.add_argument(
+        "--samples-per-node",
+        type=int,
+        default=s.samples_per_node,
+        help="articles each node draws (shards overlap)",
+    )
+    g.add_argument(
+        "--size-timeout-s", type=float, default=s.timeout_s, help="time guard of one size"
+    )
+    g.add_argument(
+        "--memory-gib",
+        type=float,
+        default=s.memory_gib,
+        help="memory guard of one size's processes (default: 60%% of what is free)",
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -230,9 +259,26 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from decaf_ray.bench.options import BenchOptions
+    from decaf_ray.bench.options import BenchOptions, ScaleOptions
     from decaf_ray.bench.overhead import run_bench
 
+    if args.scale:
+        from decaf_ray.bench.scale import run_scale
+
+        root, text = run_scale(
+            ScaleOptions(
+                nodes=tuple(args.scale_nodes),
+                rounds=args.scale_rounds,
+                samples_per_node=args.samples_per_node,
+                timeout_s=args.size_timeout_s,
+                memory_gib=args.memory_gib,
+                num_cpus=args.num_cpus,
+                out_dir=args.out,
+            )
+        )
+        print(text)
+        print(f"\nresults: {root}")
+        return 0
     opts = BenchOptions(
         nodes=tuple(args.nodes),
         max_length=args.max_length,

@@ -109,6 +109,10 @@ class DataConfig:
     alpha: float = 0.5  # Dirichlet concentration; small = strong label skew
     classes_per_node: int = 2
     shots: int = 4  # partition: shots: samples of every class per node (few-shot)
+    # shards that may overlap: each node draws this many samples from the whole training pool
+    # by the partition rule, independently of the others (more nodes than samples; null: a
+    # disjoint partition)
+    samples_per_node: int | None = None
     # what a non-IID partition splits by: the label, or (texts; prompt/response data have no
     # labels) data.groups groups of the text's length or of k-means clusters of its words
     split_by: Literal["label", "length", "cluster"] = "label"
@@ -420,6 +424,15 @@ def _validate(cfg: RunConfig) -> list[str]:
         v = getattr(cfg.data, key)
         if v is not None and v < 1:
             p.append(f"data.{key}={v} must be positive (or null for all)")
+    spn = cfg.data.samples_per_node
+    if spn is not None and spn < 1:
+        p.append(f"data.samples_per_node={spn} must be at least 1 (or null: disjoint shards)")
+    if spn is not None and cfg.data.partition == "shots":
+        p.append(
+            "data.samples_per_node draws overlapping shards by iid, dirichlet or classes; "
+            "data.partition=shots already fixes a node's size (data.shots per class): leave "
+            "data.samples_per_node null"
+        )
     if cfg.data.max_length < 8:
         p.append(f"data.max_length={cfg.data.max_length} is too short; use at least 8 tokens")
     if cfg.model.name == "path" and not cfg.model.path:

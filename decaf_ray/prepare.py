@@ -29,6 +29,7 @@ from decaf_ray.data import (
 )
 from decaf_ray.data.groups import text_groups
 from decaf_ray.data.images import load_image_dataset
+from decaf_ray.data.overlap import ShardOverlap, draw_shards, shard_overlap
 from decaf_ray.data.sources import read_saved_dataset, read_table
 from decaf_ray.node.model import check_model, load_tokenizer
 from decaf_ray.node.vision import native_size
@@ -52,6 +53,7 @@ class Prepared:
     choices: tuple[tuple[int, ...], ...] = ()  # causal_lm on labels: each class's answer ids
     pad_id: int = 0
     local_evals: dict[int, Shard] | None = None  # eval.on local/both: each node's test split
+    overlap: ShardOverlap | None = None  # data.samples_per_node: what the shards share
 
     @property
     def n(self) -> int:
@@ -153,20 +155,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     train_idx, test_idx = train_test_split(labels[keep], d.test_fraction, cfg.seed)
     train_idx, test_idx = keep[train_idx], keep[test_idx]
     test_idx = stratified_subsample(test_idx, labels, d.eval_samples, cfg.seed)
-    if len(train_idx) < n:
-        raise ConfigError(
-            f"only {len(train_idx)} training samples for {n} nodes: use fewer nodes "
-            f"(topology.n) or more data (data.max_samples={d.max_samples})"
-        )
-    parts = partition(
-        split_keys[train_idx],
-        n,
-        d.partition,
-        alpha=d.alpha,
-        classes_per_node=d.classes_per_node,
-        shots=d.shots,
-        seed=cfg.seed,
-    )
+    parts, overlap = _shards(cfg, split_keys[train_idx], n)
     local_parts = None
     if cfg.eval.on != "shared":
         parts, local_parts = _local_splits(parts, d.test_fraction, cfg.seed)
@@ -213,7 +202,44 @@ def prepare(cfg: RunConfig) -> Prepared:
         choices,
         int(pad),
         local_evals,
+        overlap,
     )
+
+
+def _shards(
+    cfg: RunConfig, keys: np.ndarray, n: int
+) -> tuple[list[np.ndarray], ShardOverlap | None]:
+    """Each node's rows (indices into the training pool, whose split keys are ``keys``): a
+    disjoint partition, or with ``data.samples_per_node`` K rows per node drawn
+    independently (shards may overlap), with what they share."""
+    d = cfg.data
+    if d.samples_per_node is not None:
+        parts = draw_shards(
+            keys,
+            n,
+            d.partition,
+            d.samples_per_node,
+            alpha=d.alpha,
+            classes_per_node=d.classes_per_node,
+            seed=cfg.seed,
+        )
+        return parts, shard_overlap(parts, len(keys))
+    if len(keys) < n:
+        raise ConfigError(
+            f"only {len(keys)} training samples for {n} nodes: use fewer nodes "
+            f"(topology.n), more data (data.max_samples={d.max_samples}), or shards that "
+            "overlap (data.samples_per_node=K: each node draws K samples from the pool)"
+        )
+    parts = partition(
+        keys,
+        n,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_node=d.classes_per_node,
+        shots=d.shots,
+        seed=cfg.seed,
+    )
+    return parts, None
 
 
 def _check_local_devices(cfg: RunConfig) -> None:

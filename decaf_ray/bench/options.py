@@ -30,3 +30,23 @@ class BenchOptions:
     num_cpus: int | None = None  # CPUs of the local Ray cluster (None: all)
     seed: int = 0
     out_dir: str = "runs/out"
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """``decaf-ray bench --scale``: the tiny model at growing n, one size at a time.
+
+    Each node draws ``samples_per_node`` BBC News articles (shards overlap), so n may exceed
+    the 2,225 articles. The full curve of issue 13 is ``nodes=(256, 1024, 4096, 16384)``."""
+
+    nodes: tuple[int, ...] = (256, 1024)
+    rounds: int = 3  # per size; the first is warm-up, evaluation runs after the last
+    samples_per_node: int = 4
+    max_length: int = 16
+    batch_size: int = 4
+    local_steps: int = 1
+    timeout_s: float = 900.0  # per size, start to finish
+    memory_gib: float | None = None  # the guard's limit (None: 60% of what is free at start)
+    num_cpus: int | None = None
+    seed: int = 0
+    out_dir: str = "runs/out"

@@ -201,8 +201,8 @@ def partition(
     n_samples = len(labels)
     if n_samples < n_nodes:
         raise DataError(
-            f"cannot partition {n_samples} samples for {n_nodes} nodes: "
-            "use fewer nodes or more data (data.max_samples)"
+            f"cannot partition {n_samples} samples for {n_nodes} nodes: use fewer nodes, "
+            "more data (data.max_samples) or shards that overlap (data.samples_per_node)"
         )
     rng = np.random.default_rng(seed)
     if scheme == "iid":

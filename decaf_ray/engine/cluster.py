@@ -5,16 +5,18 @@
   (numpy: zero-copy) as one object per call, and fetches its inbox straight from the store.
 - :class:`RayHostGroup` is the :class:`~decaf_ray.engine.hosts.HostGroup` over actors of
   :class:`~decaf_ray.node.service.HostService`: every ``.remote`` call of the project is here.
+- :func:`simulated_cluster` starts a multi-node cluster on this one machine (a test bed).
 - :class:`HostPool` keeps hosts (and their loaded base model) warm across runs of a sweep and
   across tests; hosts are spread over the cluster's machines and pinned to GPUs when any exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -98,6 +100,38 @@ def shutdown() -> None:
             os.environ[key] = value
     if _saved_env:
         _saved_env.clear()
+        _reload_auth()
+
+
+@contextlib.contextmanager
+def simulated_cluster(ray_nodes: int, cpus_per_node: int) -> Iterator[tuple[str, list[str]]]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and
+    ``ray_nodes - 1`` more nodes, ``cpus_per_node`` CPUs each) that requires a fresh token,
+    kept in this process's environment only, as a local cluster does; yields its address (for
+    ``cluster.address``) and its node ids. Everything is stopped and the environment
+    restored on the way out."""
+    from ray.cluster_utils import Cluster
+
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(24))
+    _reload_auth()
+    sim = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
+    )
+    try:
+        for _ in range(ray_nodes - 1):
+            sim.add_node(num_cpus=cpus_per_node)
+        sim.wait_for_nodes()
+        yield sim.address, [node.node_id for node in sim.list_all_nodes()]
+    finally:
+        ray.shutdown()
+        sim.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         _reload_auth()
 
 

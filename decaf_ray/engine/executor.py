@@ -714,10 +714,15 @@ class Executor:
             log.add(t, i, "staleness_s", float(np.mean(seconds)), when)
 
     def _log_setup(self) -> None:
-        """Round-0 facts: spectral gap, set-up time, label histograms."""
+        """Round-0 facts: spectral gap, set-up time, shard overlap, label histograms."""
         log = self.log
         log.add(0, NETWORK, "spectral_gap", self.prep.spectral_gap, 0.0)
         log.add(0, NETWORK, "setup_s", self.setup_s, 0.0)
+        if self.prep.overlap is not None:  # data.samples_per_node: shards may overlap
+            o = self.prep.overlap
+            log.add(0, NETWORK, "shard_overlap", o.overlap, 0.0)
+            log.add(0, NETWORK, "sample_copies", o.copies, 0.0)
+            log.add(0, NETWORK, "pool_coverage", o.coverage, 0.0)
         if self.cfg.model.ranks or self.cfg.model.rank_tiers:  # heterogeneous ranks
             ranks = {i: node_rank(self.cfg.model, self.cfg.seed, i) for i in range(self.n)}
             log.add_nodes(0, "rank", ranks, 0.0)
