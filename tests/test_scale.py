@@ -14,7 +14,7 @@ from decaf_ray.bench.guard import run_guarded
 from decaf_ray.bench.multinode import TIMING as MULTINODE_TIMING
 from decaf_ray.bench.multinode import compare
 from decaf_ray.bench.options import ScaleOptions
-from decaf_ray.bench.scale import dense_bytes, growth_exponent, round_split, scale_config
+from decaf_ray.bench.scale import growth_exponent, round_split, scale_config
 from decaf_ray.cli import _parser
 
 
@@ -63,7 +63,6 @@ def test_scale_config_allows_more_nodes_than_articles():
     cfg = scale_config(16384, ScaleOptions(rounds=3))
     assert cfg.topology.n == 16384 > 2225 and cfg.data.samples_per_node == 4
     assert cfg.model.name == "tiny-bert" and cfg.eval.every == cfg.train.rounds == 3
-    assert dense_bytes(16384, 3) == 8 * 16384**2 * 6  # 12 GiB: the bench skips it here
 
 
 def test_guard_kills_a_child_past_its_memory_and_says_where(tmp_path):

@@ -43,7 +43,6 @@ from decaf_ray.config import RunConfig, config_from_dict
 
 PHASES = ("train_s", "exchange_s", "combine_s", "metrics_s", "eval_s")
 TARGETS = {"exponent": 1.05, "overhead_ms_per_node": 2.0}  # issue 13, at 16,384 nodes
-DENSE_COPIES = 3  # today's driver: Pi, and the dense eigen-solver's copies of it
 
 
 def scale_config(n: int, opts: ScaleOptions) -> RunConfig:
@@ -75,13 +74,6 @@ def scale_config(n: int, opts: ScaleOptions) -> RunConfig:
             "output": {"progress": False, "save_adapters": "none"},
         }
     )
-
-
-def dense_bytes(n: int, rounds: int) -> int:
-    """What today's driver holds in dense n x n float64 arrays at once, about: the mixing
-    matrix and the eigen-solver's copies (``DENSE_COPIES``) and the message-loss draws, one
-    (rounds, n, n) table, built even when nothing is lost."""
-    return 8 * n * n * (rounds + DENSE_COPIES)
 
 
 def round_split(frame: pd.DataFrame, blocks: list[list[int]]) -> dict[str, float]:
@@ -272,16 +264,6 @@ def run_scale(opts: ScaleOptions) -> tuple[Path, str]:
     for n in sorted(opts.nodes):
         run_dir = root / f"n{n}"
         run_dir.mkdir()
-        dense = dense_bytes(n, opts.rounds)
-        if dense > limit:
-            reason = (
-                f"skipped: the driver's dense n x n arrays alone need about "
-                f"{dense / 2**30:.1f} GiB (mixing matrix, eigen-solver, ({opts.rounds}, n, n) "
-                f"loss draws), more than the {limit / 2**30:.1f} GiB guard"
-            )
-            _say(f"n={n}: {reason}")
-            rows.append({"n": n, "status": "skipped", "reason": reason})
-            continue
         save_config(scale_config(n, opts), run_dir / "config.yaml")
         _say(f"n={n}: start")
         guarded = run_guarded(
