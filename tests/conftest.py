@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from decaf_ray.engine.log import WALL_CLOCK
+
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -35,20 +37,7 @@ def pool(ray_cluster):
     p.clear()
 
 
-# wall-clock metrics: they differ between identical runs, so comparisons leave them out (and
-# the checkpoint rows, which only runs on the runner's path write)
-TIMING = {
-    "checkpoint_s",
-    "checkpoint_mb",
-    "train_s",
-    "exchange_s",
-    "combine_s",
-    "metrics_s",
-    "eval_s",
-    "setup_s",
-    "node_train_s",
-    "round_wall_s",
-}
+TIMING = set(WALL_CLOCK)  # wall-clock rows: left out when runs are compared
 
 
 def comparable(frame):

@@ -9,9 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import TIMING
 from decaf_ray.bench.guard import run_guarded
-from decaf_ray.bench.multinode import TIMING as MULTINODE_TIMING
 from decaf_ray.bench.multinode import compare
 from decaf_ray.bench.options import ScaleOptions
 from decaf_ray.bench.scale import growth_exponent, round_split, scale_config
@@ -89,7 +87,6 @@ def test_guard_times_out_and_reports_failures(tmp_path):
 
 
 def test_multinode_comparison_leaves_wall_clock_out_and_catches_a_difference():
-    assert MULTINODE_TIMING == TIMING  # the same rows as the tests' comparisons
     rows = [(1, -1, "product_consensus", 0.25), (1, 0, "train_loss", 1.5), (1, -1, "train_s", 3.0)]
     a = pd.DataFrame(rows, columns=["round", "node", "metric", "value"])
     slower = a.assign(value=[0.25, 1.5, 9.0])  # a wall-clock row may differ...

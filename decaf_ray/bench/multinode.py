@@ -29,28 +29,14 @@ import pandas as pd
 from decaf_ray.bench.options import ScaleOptions
 from decaf_ray.bench.scale import scale_config
 from decaf_ray.config import RunConfig
+from decaf_ray.engine.log import WALL_CLOCK
 
-# the wall-clock metrics two identical runs differ in (as tests/conftest.py's TIMING)
-TIMING = frozenset(
-    {
-        "checkpoint_s",
-        "checkpoint_mb",
-        "train_s",
-        "exchange_s",
-        "combine_s",
-        "metrics_s",
-        "eval_s",
-        "setup_s",
-        "node_train_s",
-        "round_wall_s",
-    }
-)
 RTOL, ATOL = 1e-6, 1e-9
 
 
 def values(frame: pd.DataFrame) -> pd.Series:
     """A run's values by (round, node, metric), wall-clock metrics left out."""
-    keep = frame[~frame["metric"].isin(TIMING)]
+    keep = frame[~frame["metric"].isin(WALL_CLOCK)]
     return keep.set_index(["round", "node", "metric"])["value"].sort_index()
 
 

@@ -18,6 +18,22 @@ import pandas as pd
 
 COLUMNS = ("round", "node", "metric", "value", "wall_s", "virtual_s")
 NETWORK = -1
+# wall-clock rows: they differ between identical runs, so comparisons of runs leave them out
+# (the checkpoint rows too, which only the runner's path writes)
+WALL_CLOCK = frozenset(
+    {
+        "checkpoint_s",
+        "checkpoint_mb",
+        "train_s",
+        "exchange_s",
+        "combine_s",
+        "metrics_s",
+        "eval_s",
+        "setup_s",
+        "node_train_s",
+        "round_wall_s",
+    }
+)
 
 
 class MetricsLog:
