@@ -21,12 +21,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from topologies.sparse import Matrix, prefers_sparse
-from topologies.spectrum import (
-    LANCZOS_MAXITER,
-    banded_lu_is_cheap,
-    nonsingular_lu,
-    start_vector,
-)
+from topologies.spectrum import banded_lu_is_cheap, extreme_eigenvalue, nonsingular_lu
 
 _LAPLACIAN_TOL = 1e-12  # eigsh's relative tolerance on lambda_max(L) for a sparse laplacian rule
 
@@ -144,32 +139,14 @@ def _lambda_max(lap: Matrix) -> float:
             if lu is None:  # g is an eigenvalue (a bipartite regular graph)
                 return g
             op = sla.LinearOperator((n, n), matvec=lambda b: lu.solve(np.ravel(b)), dtype=float)
-            mu = sla.eigsh(
-                op,
-                k=1,
-                which="LA",
-                tol=_LAPLACIAN_TOL,
-                maxiter=LANCZOS_MAXITER,
-                v0=start_vector(n),
-                return_eigenvectors=False,
-            )
-            return g - 1.0 / float(mu[0])
-        top = sla.eigsh(
-            lap,
-            k=1,
-            which="LA",
-            tol=_LAPLACIAN_TOL,
-            maxiter=LANCZOS_MAXITER,
-            v0=start_vector(n),
-            return_eigenvectors=False,
-        )
+            return g - 1.0 / extreme_eigenvalue(op, tol=_LAPLACIAN_TOL)
+        return extreme_eigenvalue(lap, tol=_LAPLACIAN_TOL)
     except sla.ArpackNoConvergence as err:
         raise ValueError(
             f"mixing rule 'laplacian' needs lambda_max(L) of this {n}-node graph and eigsh "
             "did not converge: use metropolis_hastings, or mixing_matrix(G, 'laplacian', "
             "sparse=False)"
         ) from err
-    return float(top[0])
 
 
 def laplacian(G: nx.Graph, sparse: bool | None = None) -> Matrix:

@@ -84,21 +84,30 @@ def start_vector(n: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(n)
 
 
+def extreme_eigenvalue(
+    op: sla.LinearOperator | sp.sparray, which: str = "LA", tol: float = EIGSH_TOL
+) -> float:
+    """One extreme eigenvalue of a symmetric operator by Lanczos from the fixed start vector:
+    the largest (``which="LA"``) or the largest in modulus (``"LM"``). Raises ARPACK's
+    ArpackNoConvergence after LANCZOS_MAXITER restarts."""
+    eig = sla.eigsh(
+        op,
+        k=1,
+        which=which,
+        tol=tol,
+        maxiter=LANCZOS_MAXITER,
+        v0=start_vector(op.shape[0]),
+        return_eigenvectors=False,
+    )
+    return float(eig[0])
+
+
 def _top(op: sla.LinearOperator | sp.csr_array) -> float:
     """Largest algebraic eigenvalue of a symmetric operator (NaN if ARPACK fails)."""
     try:
-        top = sla.eigsh(
-            op,
-            k=1,
-            which="LA",
-            tol=EIGSH_TOL,
-            maxiter=LANCZOS_MAXITER,
-            v0=start_vector(op.shape[0]),
-            return_eigenvectors=False,
-        )
+        return extreme_eigenvalue(op)
     except sla.ArpackNoConvergence:
         return float("nan")
-    return float(top[0])
 
 
 def nonsingular_lu(M: sp.sparray) -> sla.SuperLU | None:
@@ -163,15 +172,6 @@ def _lanczos_modulus(Pi: sp.csr_array) -> float:
 
     op = sla.LinearOperator((n, n), matvec=deflated, matmat=deflated, dtype=np.float64)
     try:
-        eig = sla.eigsh(
-            op,
-            k=1,
-            which="LM",
-            tol=EIGSH_TOL,
-            maxiter=LANCZOS_MAXITER,
-            v0=start_vector(n),
-            return_eigenvectors=False,
-        )
+        return abs(extreme_eigenvalue(op, which="LM"))
     except sla.ArpackNoConvergence:
         return float("nan")
-    return float(abs(eig[0]))
