@@ -165,8 +165,10 @@ def test_model_folder_without_config_and_label_splits_of_prompts_are_refused(tmp
         prepare(tiny_config(**LLM, data__source="file", data__path=str(path)))
 
 
-def test_smollm2_is_converted_once_and_fine_tuned(run_tiny, tmp_path, monkeypatch):
-    """The shipped 4-bit GGUF becomes a cached folder; its chat template frames the prompts."""
+def test_smollm2_is_converted_once_and_fine_tuned(run_local):
+    """The shipped 4-bit GGUF becomes a cached folder; its chat template frames the prompts.
+    Fine-tuned in this process: the session's warm hosts stay tiny (causal LMs on Ray: the
+    tiny-llama tests above)."""
     from decaf_ray.node import zoo
     from decaf_ray.prepare import prepare
 
@@ -187,7 +189,7 @@ def test_smollm2_is_converted_once_and_fine_tuned(run_tiny, tmp_path, monkeypatc
     )
     prep = prepare(tiny_config(**kw))
     assert "<|im_start|>" in zoo_decode(folder, prep.eval_set.input_ids[0])
-    frame = run_tiny(algorithm__name="decaf", eval__network_average=False, **kw)
+    frame = run_local(algorithm__name="decaf", eval__network_average=False, **kw)
     assert np.isfinite(net(frame, "mean_node_f1")).all()
     assert (frame[(frame.metric == "eval_ppl") & (frame.node >= 0)].value > 1).all()
 
