@@ -175,8 +175,13 @@ def prepare_all(configs: list[RunConfig]) -> list[Prepared]:
     return out
 
 
-def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
-    """Run ``cfg`` and every sweep combination; return the folder and a summary table."""
+def run(
+    cfg: RunConfig, out: Path | None = None, pool: HostPool | None = None
+) -> tuple[Path, pd.DataFrame]:
+    """Run ``cfg`` and every sweep combination; return the folder and a summary table.
+
+    ``pool``: warm hosts on a Ray already connected (a test session's), used and left warm;
+    without it the run starts (or joins) Ray and a pool of its own, and stops both after."""
     configs = expand_sweep(cfg)
     base = Path(out) if out else Path(cfg.output.dir)
     check_writable(base)
@@ -186,14 +191,16 @@ def run(cfg: RunConfig, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     with claim(root):  # a folder that holds a run, or is being written, is refused here
         if len(configs) > 1:  # the sweep itself, so that `decaf-ray resume` can finish it
             save_config(cfg, root / "sweep.yaml")
-        return _run_all(configs, preps, root, cfg, resume=False)
+        return _run_all(configs, preps, root, cfg, resume=False, pool=pool)
 
 
-def resume(folder: Path, overrides: list[str] = ()) -> tuple[Path, pd.DataFrame]:
+def resume(
+    folder: Path, overrides: list[str] = (), pool: HostPool | None = None
+) -> tuple[Path, pd.DataFrame]:
     """Go on with the stopped run (or sweep) in ``folder``: each run from its latest
     checkpoint, a sweep's finished runs skipped and its unstarted ones started. ``overrides``
     may change only :data:`~decaf_ray.engine.checkpoint.MAY_CHANGE` keys (e.g.
-    ``train.rounds`` to extend a finished run)."""
+    ``train.rounds`` to extend a finished run). ``pool``: as in :func:`run`."""
     folder = Path(folder)
     sweep = folder / "sweep.yaml"
     source = sweep if sweep.exists() else folder / "config.yaml"
@@ -209,7 +216,7 @@ def resume(folder: Path, overrides: list[str] = ()) -> tuple[Path, pd.DataFrame]
     todo = [(c, d) for c, d in zip(configs, dirs) if not _finished(c, d)]
     preps = prepare_all([c for c, _ in todo])  # every bad input fails here, before Ray starts
     with claim(folder, resume=True):
-        return _run_all(configs, preps, folder, cfg, resume=True)
+        return _run_all(configs, preps, folder, cfg, resume=True, pool=pool)
 
 
 def _finished(cfg: RunConfig, run_dir: Path) -> bool:
@@ -246,14 +253,16 @@ def _run_all(
     root: Path,
     cfg: RunConfig,
     resume: bool,
+    pool: HostPool | None = None,
 ) -> tuple[Path, pd.DataFrame]:
-    """Run each config (resume: each unfinished one, in place) and write summary.csv."""
+    """Run each config (resume: each unfinished one, in place) and write summary.csv; on
+    ``pool`` if given (left warm), else on a pool of its own, started at the first run."""
     from decaf_ray.engine import cluster  # Ray enters here, after every input is checked
 
     sweep = len(configs) > 1
     rows = []
     preps_left = iter(preps)
-    started = pool = None
+    started, own = False, pool is None
     try:
         for c in configs:
             run_dir = (root / c.name if resume else new_run_dir(root, c.name)) if sweep else root
@@ -275,7 +284,7 @@ def _run_all(
         stop.folder = root
         raise
     finally:
-        if pool is not None:
+        if own and pool is not None:
             pool.clear()
         if started:
             cluster.shutdown()

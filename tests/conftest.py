@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,15 +163,14 @@ sweep:
 
 
 @pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory):
-    """The sweep, run by the CLI in a process of its own (its own Ray: the session's warm
-    hosts would hold every CPU a second pool asks for)."""
+def tiny_sweep(tmp_path_factory, pool):
+    """The sweep, run as ``decaf-ray run`` runs it (``runner.run``: sweep.yaml, one folder per
+    run, summary.csv) on the session's warm hosts, which it leaves warm."""
+    from decaf_ray.config import load_config
+    from decaf_ray.runner import run
+
     base = tmp_path_factory.mktemp("report")
     (base / "sweep.yaml").write_text(SWEEP)
     out = base / "sweep"
-    cmd = [sys.executable, "-m", "decaf_ray.cli", "run", str(base / "sweep.yaml")]
-    done = subprocess.run(
-        [*cmd, "--out", str(out), "--no-progress"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run(load_config(base / "sweep.yaml", []), out, pool=pool)
     return out

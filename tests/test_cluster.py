@@ -53,15 +53,21 @@ def test_two_node_cluster_spreads_hosts_and_matches_single_node(run_tiny, tmp_pa
     config.write_text(yaml.safe_dump(to_dict(cfg)))
     out = tmp_path / "multinode"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(config), str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        single = _values(run_tiny(algorithm__name="decaf"))  # while the child starts its cluster
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["rc"] == 0
 
     hosts = json.loads((out / "placement.json").read_text())["hosts"]
@@ -71,5 +77,4 @@ def test_two_node_cluster_spreads_hosts_and_matches_single_node(run_tiny, tmp_pa
     assert placed <= set(report["ray_nodes"])  # it joined the cluster, did not start its own
 
     multi = _values(pd.read_parquet(out / "metrics.parquet"))
-    single = _values(run_tiny(algorithm__name="decaf"))
     pd.testing.assert_series_equal(multi, single, rtol=1e-6, atol=1e-9)
