@@ -16,6 +16,7 @@ _LAZY = {  # name: module that defines it (imports matplotlib)
     "plot_accuracy": "analysis.figures",
     "plot_interference": "analysis.figures",
     "plot_spectral_gap": "analysis.figures",
+    "plot_vs_rank": "analysis.figures",
     "plot_label_histogram": "analysis.figures",
     "plot_accuracy_vs_bytes": "analysis.figures",
     "plot_time_to_target": "analysis.figures",

@@ -200,6 +200,61 @@ def plot_spectral_gap(frame: pd.DataFrame) -> Figure | None:
     return fig
 
 
+RANK = "model.r"
+# a rank ablation usually keeps alpha / r fixed, so alpha changes with r: neither names a group
+_RANK_KEYS = (RANK, "model.alpha")
+_BY_RANK = (  # metric, value per run (final or mean over rounds), y label, log y
+    ("product_consensus", "final", f"final {_CONSENSUS}", True),
+    ("interference", "mean over rounds", _INTERFERENCE, True),
+    ("tsvd_tail", "mean over rounds", _TAIL, True),
+    ("mean_node_acc", "final", "final mean node accuracy", False),
+)
+
+
+def plot_vs_rank(frame: pd.DataFrame) -> Figure | None:
+    """A rank ablation: final product consensus error, interference and decaf's TSVD tail
+    energy (each a mean over the run's rounds) and final mean node accuracy against the LoRA
+    rank r; one line per group (the seeds' mean; a bar spans their min to max). Drawn for the
+    groups whose runs span two ranks or more; None when no group does."""
+    if RANK not in frame:
+        return None
+    labels = run_labels(frame, leave_out=_RANK_KEYS)
+    rank = frame.drop_duplicates("run").set_index("run")[RANK].astype(int)
+    spans = rank.groupby(labels).nunique()
+    swept = labels[labels.map(spans) >= 2]
+    if swept.empty:
+        return None
+    sub = frame[frame["run"].isin(swept.index)]
+    panels = []
+    for metric, how, ylabel, log in _BY_RANK:
+        series = network_series(sub, metric)
+        if series.empty:
+            continue
+        values = series.sort_values("round").groupby("run")["value"]
+        per_run = values.last() if how == "final" else values.mean()
+        panels.append((metric, per_run, how, ylabel, log))
+    colours = _colours(swept)
+    fig, axes = _figure(sub, "Rank ablation", len(panels))
+    ranks = sorted(rank[swept.index].unique())
+    for ax, (metric, per_run, how, ylabel, log) in zip(axes, panels):
+        points = pd.DataFrame({"value": per_run, "r": rank, "label": swept}).dropna()
+        stats = points.groupby(["label", "r"])["value"].agg(["mean", "min", "max"]).reset_index()
+        for label, g in stats.groupby("label", sort=True):
+            c = colours[label]
+            ax.vlines(g["r"], g["min"], g["max"], color=c, linewidth=1)  # seeds
+            ax.plot(g["r"], g["mean"], "-o", color=c, markersize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.set_xlabel("LoRA rank r")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{metric} ({how})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if log:
+            _log_y(ax)
+    return fig
+
+
 def _label_counts(frame: pd.DataFrame, run: str) -> pd.DataFrame:
     """Round-0 label histogram of ``run``: nodes x classes (columns: class names)."""
     rows = frame[
@@ -327,6 +382,7 @@ FIGURES = {  # file name: figure function of the frame; the report draws them in
     "accuracy": plot_accuracy,
     "interference": plot_interference,
     "spectral_gap": plot_spectral_gap,
+    "rank": plot_vs_rank,
     "accuracy_vs_bytes": plot_accuracy_vs_bytes,
     "time_to_target": plot_time_to_target,
 }

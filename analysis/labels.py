@@ -93,12 +93,18 @@ def _compose(row: pd.Series, cols: list[str], keys: dict[str, str]) -> str:
     return text
 
 
-def run_labels(frame: pd.DataFrame, leave_out: str = "") -> pd.Series:
+def _left_out(column: str, leave_out: str | tuple[str, ...]) -> bool:
+    """True where ``column`` is one of ``leave_out``, or under one ending in a dot."""
+    names = (leave_out,) if isinstance(leave_out, str) else leave_out
+    return any(n and (column == n or (n.endswith(".") and column.startswith(n))) for n in names)
+
+
+def run_labels(frame: pd.DataFrame, leave_out: str | tuple[str, ...] = "") -> pd.Series:
     """The group label of each run (index: run), e.g. ``decaf, ring (align=true)``.
-    Columns starting with ``leave_out`` (``"topology."`` where topologies are the x axis) are
-    not named."""
+    Columns in ``leave_out`` are not named: a column (``"model.r"``) or, ending in a dot, every
+    column under it (``"topology."``), where that is the x axis of a figure."""
     per_run = frame.drop_duplicates("run").set_index("run")
-    cols = [c for c in compared_columns(frame) if not (leave_out and c.startswith(leave_out))]
+    cols = [c for c in compared_columns(frame) if not _left_out(c, leave_out)]
     shown = [c for c in cols if c not in _follows(per_run, cols)]
 
     options = [c for c in shown if c not in NAMED and c != METHOD]

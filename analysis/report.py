@@ -32,6 +32,8 @@ _CAPTIONS = {
     "interference": "What averaging the factors misses (interference), beside the energy "
     "decaf's truncated SVD drops.",
     "spectral_gap": "Final consensus error against the spectral gap of each topology.",
+    "rank": "A rank ablation: consensus error, interference, TSVD tail and accuracy against "
+    "the LoRA rank.",
     "accuracy_vs_bytes": "Mean node accuracy against the data all nodes have sent.",
     "time_to_target": "Virtual time each schedule takes to reach a consensus level every run "
     "reaches.",

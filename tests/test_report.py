@@ -25,6 +25,7 @@ from analysis import (
     plot_label_histogram,
     plot_spectral_gap,
     plot_time_to_target,
+    plot_vs_rank,
     read_runs,
     summarise,
     time_to,
@@ -196,6 +197,28 @@ def test_spectral_gap_figure_puts_each_topology_at_its_gap(frame):
     final = _net(frame[frame["algorithm.name"] == "decaf"], "product_consensus")
     mean_final = final.sort_values("round").groupby("run")["value"].last().mean()
     assert line.get_ydata()[0] == pytest.approx(mean_final)
+
+
+def test_rank_figure_puts_each_group_at_its_ranks(frame):
+    assert plot_vs_rank(frame) is None  # one rank
+    r = int(frame["model.r"].iloc[0])
+    wider = _variant(frame, "-wide", **{"model.r": 2 * r, "model.alpha": 4 * r})
+    tail = (wider.metric == "tsvd_tail") & (wider.node >= 0)
+    wider.loc[tail, "value"] = wider.loc[tail, "value"] * 1e-3
+    other = _variant(frame, "-iid", **{"data.partition": "iid"})  # one rank: not drawn
+    fig = plot_vs_rank(pd.concat([frame, wider, other], ignore_index=True))
+    consensus, interference, tail_ax, accuracy = fig.axes
+    assert _legend(consensus) == [f"{m}, dirichlet" for m in METHODS]  # r and alpha unnamed
+    assert consensus.get_xscale() == "log" and accuracy.get_yscale() == "linear"
+    line = next(ln for ln in tail_ax.get_lines() if ln.get_label().startswith("decaf"))
+    np.testing.assert_allclose(line.get_xdata(), [r, 2 * r])
+    decaf = frame[frame["algorithm.name"] == "decaf"]
+    per_node = decaf[(decaf.metric == "tsvd_tail") & (decaf.node >= 0)]
+    mean = per_node.groupby(["run", "round"]).value.mean().groupby("run").mean().mean()
+    np.testing.assert_allclose(line.get_ydata(), [mean, mean * 1e-3], rtol=1e-9)
+    final = _net(decaf, "mean_node_acc").sort_values("round").groupby("run").value.last()
+    acc = next(ln for ln in accuracy.get_lines() if ln.get_label().startswith("decaf"))
+    assert acc.get_ydata()[0] == pytest.approx(final.mean())
 
 
 def test_time_to_target_bars_compare_schedule_modes(frame):
