@@ -36,7 +36,10 @@ __all__ = ["GroupSums", "LowRank", "group_sums", "group_metrics"]
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    """float64 tensor of ``x``; a read-only array (Ray's zero-copy objects) is copied, since
+    torch cannot hold one without warning that writes would be undefined."""
+    a = np.ascontiguousarray(x, dtype=np.float64)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 @dataclass(frozen=True)
