@@ -31,21 +31,19 @@ demo: $(STAMP)
 	$(VENV)/bin/decaf-ray run runs/demo.yaml --out $$out && \
 	$(VENV)/bin/decaf-ray report $$out
 
-# The paper's grid at small scale (runs/study_*.yaml): six methods on ring (non-IID and IID),
-# complete and two_hubs (non-IID), two seeds, then decaf's options on ring non-IID; one
-# report over all of it. About 42 min on a 2-core CPU; docs/study/README.md has the results.
+# The paper's grid at small scale (runs/study_*.yaml), 3 seeds: six methods on ring (non-IID
+# and IID), the graph's methods on complete and two_hubs (non-IID), decaf's options and a rank
+# ablation on ring non-IID; one report over all of it, then the LLM setting's own report.
+# About 2 hours on a 2-core CPU; docs/study/README.md has the results.
+STUDY_PARTS = ring complete two_hubs decaf_variants rank llm
 study: $(STAMP)
 	out=runs/out/study-$$(date +%Y%m%d-%H%M%S); \
-	for t in ring complete two_hubs; do \
+	for t in $(STUDY_PARTS); do \
 	  $(VENV)/bin/decaf-ray run runs/study_$$t.yaml --out $$out/$$t || exit 1; \
 	done; \
-	for v in default:name=study-decaf align:algorithm.align=true \
-	         reset_moments:algorithm.reset_moments=true all_in_B:algorithm.sv_split=all_in_B; do \
-	  n=$${v%%:*}; \
-	  $(VENV)/bin/decaf-ray run runs/study_decaf_variants.yaml \
-	    --set $${v#*:} --set name=study-decaf-$$n --out $$out/decaf-$$n || exit 1; \
-	done; \
-	$(VENV)/bin/decaf-ray report $$out/* --out $$out/report
+	$(VENV)/bin/decaf-ray report $$out/ring $$out/complete $$out/two_hubs \
+	  $$out/decaf_variants $$out/rank --out $$out/report && \
+	$(VENV)/bin/decaf-ray report $$out/llm --out $$out/report-llm
 
 # The LoRA family on the demo's setting (runs/family.yaml), then its heterogeneous-rank
 # variant; ends with one table of accuracy, product consensus and MiB sent per method.

@@ -776,8 +776,27 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+def _paired(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The (dotted key, value) pairs one sweep value sets: a mapping sets each of its keys
+    under ``key`` together (``model: [{r: 2, alpha: 4}, ...]``), anything else ``key`` itself."""
+    if isinstance(value, dict):
+        if not value:
+            raise ConfigError(f"sweep.{key} has an empty mapping: give the keys it sets")
+        return [(f"{key}.{k}", v) for k, v in value.items()]
+    return [(key, value)]
+
+
+def _sweep_label(value: Any) -> str:
+    """A sweep value in a run's name: ``2``, ``true`` or, for a mapping, ``r=2,alpha=4``."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_sweep_label(v)}" for k, v in value.items())
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def expand_sweep(cfg: RunConfig) -> list[RunConfig]:
-    """One config per combination of ``cfg.sweep`` values (the sweep itself is cleared)."""
+    """One config per combination of ``cfg.sweep`` values (the sweep itself is cleared).
+    A value that is a mapping sets several keys at once, so values that belong together
+    (a rank and its alpha) are swept as pairs rather than as a product."""
     import itertools
 
     base = to_dict(cfg)
@@ -792,8 +811,9 @@ def expand_sweep(cfg: RunConfig) -> list[RunConfig]:
     for values in itertools.product(*(cfg.sweep[k] for k in keys)):
         data = base
         for k, v in zip(keys, values):
-            data = apply_override(data, k.split("."), v)
-        label = "-".join(str(v) for v in values)
+            for dotted, value in _paired(k, v):
+                data = apply_override(data, dotted.split("."), value)
+        label = "-".join(_sweep_label(v) for v in values)
         data = apply_override(data, ["name"], f"{cfg.name}-{label}")
         runs.append(config_from_dict(data))
     return runs

@@ -83,6 +83,29 @@ def test_sweep_expands_to_named_runs():
     assert all(not r.sweep for r in runs)
 
 
+def test_a_sweep_value_that_is_a_mapping_sets_its_keys_together():
+    cfg = load_config(
+        None,
+        ["name=s", "sweep={model: [{r: 2, alpha: 4}, {r: 8, alpha: 16}], seed: [0, 1]}"],
+    )
+    runs = expand_sweep(cfg)
+    names = ["s-r=2,alpha=4-0", "s-r=2,alpha=4-1", "s-r=8,alpha=16-0", "s-r=8,alpha=16-1"]
+    assert [r.name for r in runs] == names
+    assert [(r.model.r, r.model.alpha, r.seed) for r in runs] == [
+        (2, 4, 0),
+        (2, 4, 1),
+        (8, 16, 0),
+        (8, 16, 1),
+    ]
+    assert all(r.model.name == cfg.model.name for r in runs)  # the rest of the section kept
+    flags = load_config(None, ["name=d", "sweep={algorithm: [{align: true}]}"])
+    assert [r.name for r in expand_sweep(flags)] == ["d-align=true"]
+    with pytest.raises(ConfigError, match="sweep.model has an empty mapping"):
+        expand_sweep(load_config(None, ["sweep={model: [{}]}"]))
+    with pytest.raises(ConfigError, match="model.rank"):
+        expand_sweep(load_config(None, ["sweep={model: [{rank: 2}]}"]))
+
+
 def test_every_runs_preset_is_valid():
     from pathlib import Path
 
