@@ -61,6 +61,20 @@ def test_choice_scores_equal_a_brute_force_likelihood():
     assert task.name == "causal_lm"
 
 
+def test_macro_f1_equals_scikit_learns_on_random_labels():
+    from sklearn.metrics import f1_score
+
+    from decaf_ray.node.tasks import macro_f1
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        C, n = int(rng.integers(2, 8)), int(rng.integers(1, 40))
+        y_true = rng.integers(0, C - trial % 2, n)  # odd trials: the last class never true
+        y_pred = rng.integers(0, C, n) if trial % 3 else y_true.copy()
+        expected = f1_score(y_true, y_pred, labels=list(range(C)), average="macro", zero_division=0)
+        assert macro_f1(y_true, y_pred, C) == pytest.approx(expected, abs=1e-12)
+
+
 def test_macro_f1_is_scikit_learns():
     from sklearn.metrics import f1_score
 

@@ -32,11 +32,19 @@ TASKS = ("classify", "causal_lm", "image_classify")
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean over all classes of per-class F1 (scikit-learn, zero_division=0)."""
-    from sklearn.metrics import f1_score
+    """Unweighted mean over all classes of per-class F1, 2 tp / (2 tp + fp + fn), a class with
+    no true and no predicted row counting 0: scikit-learn's ``f1_score(average="macro",
+    zero_division=0)`` over ``labels=range(num_classes)`` (tests compare the two).
 
-    labels = list(range(num_classes))
-    return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    From one bincount confusion matrix: scikit-learn's input checks cost about 6 ms a call,
+    most of an evaluation of a small model at thousands of nodes."""
+    C = num_classes
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    cm = np.bincount(y_true * C + y_pred, minlength=C * C).reshape(C, C)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # (tp + fp) + (tp + fn)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(C), where=denom > 0)
+    return float(f1.mean())
 
 
 def _chunks(n: int, size: int):
