@@ -61,6 +61,41 @@ def test_decaf_combine_is_the_dense_tsvd_of_each_module(split):
     np.testing.assert_allclose(new.extra["head"], expected_head, rtol=1e-6)
 
 
+@pytest.mark.parametrize("align", [False, True])
+def test_decaf_combines_a_host_of_nodes_in_batches_as_one_at_a_time(align, monkeypatch):
+    # nodes with 3 or 2 messages, one with an all-zero product, one with an empty inbox, and
+    # a batch limit that splits the 3-message nodes in two calls: each equals its own combine
+    import decaf_ray.algorithms.decaf as decaf_module
+
+    rng = np.random.default_rng(7)
+    inboxes = [inbox_of(rng) for _ in range(5)] + [inbox_of(rng, m=2) for _ in range(2)]
+    zero = [(0.5, adapter(rng, zero_B=True)), (0.5, adapter(rng, zero_B=True))]
+    headless = [(0.5, adapter(rng)), (0.5, adapter(rng))]
+    headless[1][1].extra.clear()  # a message without the head: the head is mixed per node
+    inboxes += [zero, [(0.0, adapter(rng))]]
+    owns = [adapter(rng) for _ in inboxes]
+    owns.insert(5, adapter(rng))
+    inboxes.insert(5, headless)
+    algo = DeCAF(align=align)
+    one_node = decaf_module._stack_bytes(owns[0], 3)
+    monkeypatch.setattr(decaf_module, "STACK_BYTES", 3 * one_node)  # 5 nodes: calls of 3, 2
+    calls = []
+    batch = algo._combine_batch
+    monkeypatch.setattr(
+        algo, "_combine_batch", lambda nodes: calls.append(len(nodes)) or batch(nodes)
+    )
+    together = algo.combine_all(owns, inboxes)
+    assert sorted(calls) == [1, 2, 3, 4]  # 3-message nodes: 3 + 2; 2 messages: 4; empty: 1
+    for own, inbox, (new, stats) in zip(owns, inboxes, together):
+        alone, alone_stats = DeCAF(align=align).combine(own, inbox)
+        for part in ("A", "B", "extra"):
+            for key, value in getattr(alone, part).items():
+                np.testing.assert_allclose(getattr(new, part)[key], value, rtol=1e-5, atol=1e-6)
+        assert stats == pytest.approx(alone_stats, rel=1e-9, abs=1e-12)
+    np.testing.assert_array_equal(together[-1][0].B["q0"], owns[-1].B["q0"])  # no weight: own
+    np.testing.assert_array_equal(together[5][0].extra["head"], owns[5].extra["head"])  # kept
+
+
 def test_interference_sums_each_modules_dense_gap():
     rng = np.random.default_rng(1)
     inbox = inbox_of(rng, m=4)

@@ -150,6 +150,13 @@ class Algorithm(ABC):
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
         """New state of a node from its own state and the weighted messages it received."""
 
+    def combine_all(
+        self, owns: Sequence[Adapter], inboxes: Sequence[Inbox]
+    ) -> list[tuple[Adapter, dict[str, float]]]:
+        """:meth:`combine` of each node of a host, in order. A method that can stack many
+        nodes into one batched call (decaf's TSVDs) overrides this with the same results."""
+        return [self.combine(own, inbox) for own, inbox in zip(owns, inboxes)]
+
     def aggregate(self, messages: Sequence[Adapter], sizes: Sequence[int]) -> Adapter:
         """Server step for server-based algorithms."""
         raise TypeError(f"{self.name} has no server step")

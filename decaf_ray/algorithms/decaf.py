@@ -15,15 +15,27 @@ round does not scramble the coordinates AdamW's moments refer to.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
+
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
-from decaf_ray.algorithms.stacking import concat_factors, inbox_weights, shape_groups, stack_part
+from decaf_ray.algorithms.stacking import (
+    concat_inboxes,
+    inbox_weights,
+    mix_extras,
+    shape_groups,
+    stack_part,
+)
 from decaf_ray.math import mix
 from decaf_ray.math.stacked import align_stacked, split_stacked, tsvd_and_interference_stacked
 
 if TYPE_CHECKING:
     from decaf_ray.config import AlgorithmConfig
+
+
+STACK_BYTES = 64 * 2**20  # nodes stacked into one TSVD call: at most this much input
 
 
 class DeCAF(Algorithm):
@@ -41,35 +53,95 @@ class DeCAF(Algorithm):
         return cls(sv_split=cfg.sv_split, reset_moments=cfg.reset_moments, align=cfg.align)
 
     def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
-        extra = mix_adapters(inbox, own, parts=("extra",)).extra
-        w, msgs = inbox_weights(inbox)
-        w_np = w.numpy()
-        A, B = {}, {}
-        stats = {"interference": 0.0, "tsvd_tail": 0.0, "top_singular_value": 0.0}
-        for mods in shape_groups(own) if msgs else []:
-            B_cat, A_cat = concat_factors(msgs, mods, w_np)  # (M, d, m r), (M, m r, k)
-            rank = own.A[mods[0]].shape[0]
+        return self.combine_all([own], [inbox])[0]
+
+    def combine_all(
+        self, owns: Sequence[Adapter], inboxes: Sequence[Inbox]
+    ) -> list[tuple[Adapter, dict[str, float]]]:
+        """Each node's combine; nodes whose stacks have the same shapes (as many messages,
+        the same ranks: every node of a regular graph) share one batched TSVD per shape
+        group of modules, so a host's combine costs a few calls, not a few per node."""
+        nodes = [(own, inbox, *inbox_weights(inbox)) for own, inbox in zip(owns, inboxes)]
+        batches: dict[tuple, list[int]] = {}
+        for k, (own, _, _, msgs) in enumerate(nodes):
+            batches.setdefault(_stack_key(own, msgs), []).append(k)
+        out: list = [None] * len(nodes)
+        for ks in batches.values():
+            own, _, _, msgs = nodes[ks[0]]
+            size = max(1, STACK_BYTES // _stack_bytes(own, len(msgs)))
+            for start in range(0, len(ks), size):
+                chunk = ks[start : start + size]
+                for k, result in zip(chunk, self._combine_batch([nodes[k] for k in chunk])):
+                    out[k] = result
+        return out
+
+    def _combine_batch(
+        self, nodes: list[tuple[Adapter, Inbox, torch.Tensor, list[Adapter]]]
+    ) -> list[tuple[Adapter, dict[str, float]]]:
+        """New states and statistics of nodes (own, inbox, weights, messages) that share one
+        stack key (:func:`_stack_key`)."""
+        own0, _, _, msgs0 = nodes[0]
+        owns = [own for own, *_ in nodes]
+        A: list[dict] = [{} for _ in nodes]
+        B: list[dict] = [{} for _ in nodes]
+        stats = [{"interference": 0.0, "tsvd_tail": 0.0, "top_singular_value": 0.0} for _ in nodes]
+        for mods in shape_groups(own0) if msgs0 else []:
+            w = torch.stack([w for _, _, w, _ in nodes])  # (N, m)
+            B_cat, A_cat = concat_inboxes([msgs for *_, msgs in nodes], mods, w)  # (N, M, ...)
+            rank = own0.A[mods[0]].shape[0]
             U, S, Vh, s, gap = tsvd_and_interference_stacked(B_cat, A_cat, w, rank)
-            B_new, A_new = split_stacked(U, S, Vh, self.sv_split)  # (M, d, r), (M, r, k)
-            if self.align:  # the same products, turned towards the node's own factors
-                B_own = stack_part([own], mods, "B")[:, 0]  # (M, d, r)
-                A_own = stack_part([own], mods, "A")[:, 0]  # (M, r, k)
+            B_new, A_new = split_stacked(U, S, Vh, self.sv_split)  # (N, M, d, r), (N, M, r, k)
+            if self.align:  # the same products, turned towards each node's own factors
+                B_own = stack_part(owns, mods, "B").transpose(0, 1)  # (N, M, d, r)
+                A_own = stack_part(owns, mods, "A").transpose(0, 1)  # (N, M, r, k)
                 B_new, A_new = align_stacked(B_new, A_new, B_own, A_own)
-            B_new, A_new = B_new.numpy(), A_new.numpy()
-            zero = ~(S > 0).any(dim=-1)  # (M,)
-            stats["interference"] += float(gap.sum())
-            stats["tsvd_tail"] += float(s[~zero, rank:].square().sum())
-            stats["top_singular_value"] = max(stats["top_singular_value"], float(S[:, 0].max()))
-            for idx, m in enumerate(mods):
-                if zero[idx]:
-                    # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any local
-                    # step) would give zero factors that never train again; keep the average.
-                    B[m] = mix(w_np, [msg.B[m] for msg in msgs])
-                    A[m] = mix(w_np, [msg.A[m] for msg in msgs])
-                    continue
-                B[m] = B_new[idx].astype(own.B[m].dtype)
-                A[m] = A_new[idx].astype(own.A[m].dtype)
-        for m in own.modules:  # an inbox with no weight at all: keep the node's own factors
-            A.setdefault(m, own.A[m])
-            B.setdefault(m, own.B[m])
-        return Adapter(A=A, B=B, extra=extra), stats
+            dtype = own0.B[mods[0]].dtype  # one dtype per stack key
+            B_new, A_new = B_new.numpy().astype(dtype), A_new.numpy().astype(dtype)
+            zero = ~(S > 0).any(dim=-1)  # (N, M)
+            tail = s[..., rank:].square().sum(dim=-1).masked_fill(zero, 0.0).sum(dim=-1)  # (N,)
+            gaps, tops = gap.sum(dim=-1), S[..., 0].max(dim=-1).values
+            for n, (_, _, w, msgs) in enumerate(nodes):
+                st = stats[n]
+                st["interference"] += float(gaps[n])
+                st["tsvd_tail"] += float(tail[n])
+                st["top_singular_value"] = max(st["top_singular_value"], float(tops[n]))
+                for idx, m in enumerate(mods):
+                    if zero[n, idx]:
+                        # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any
+                        # local step) would give zero factors that never train again; keep
+                        # the average.
+                        B[n][m] = mix(w.numpy(), [msg.B[m] for msg in msgs])
+                        A[n][m] = mix(w.numpy(), [msg.A[m] for msg in msgs])
+                        continue
+                    B[n][m], A[n][m] = B_new[n, idx], A_new[n, idx]
+        heads = mix_extras(
+            owns, [msgs for *_, msgs in nodes], torch.stack([w for *_, w, _ in nodes])
+        )
+        out = []
+        for n, (own, inbox, _, _) in enumerate(nodes):
+            for m in own.modules:  # an inbox with no weight at all: keep the node's own factors
+                A[n].setdefault(m, own.A[m])
+                B[n].setdefault(m, own.B[m])
+            # the head (non-LoRA tensors) is averaged
+            extra = heads[n] if heads is not None else mix_adapters(inbox, own, ("extra",)).extra
+            out.append((Adapter(A=A[n], B=B[n], extra=extra), stats[n]))
+        return out
+
+
+def _stack_bytes(own: Adapter, m: int) -> int:
+    """float64 bytes of one node's B_cat (d, m r) and A_cat (m r, k) over all its modules."""
+    return (
+        8
+        * max(1, m)
+        * sum((own.B[x].shape[0] + own.A[x].shape[1]) * own.A[x].shape[0] for x in own.modules)
+        or 1
+    )
+
+
+def _stack_key(own: Adapter, msgs: list[Adapter]) -> tuple:
+    """What must agree for nodes to share one stacked TSVD: the number of messages, the
+    node's own shapes and dtypes and, per module, the widest rank among the messages (the
+    padding)."""
+    widest = tuple(max(msg.A[m].shape[0] for msg in msgs) if msgs else 0 for m in own.modules)
+    shapes = tuple((m, own.B[m].shape, own.A[m].shape, own.B[m].dtype) for m in own.modules)
+    return len(msgs), shapes, widest

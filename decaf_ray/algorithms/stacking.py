@@ -43,28 +43,72 @@ def stack_part(
     return torch.from_numpy(np.stack(rows).astype(np.float64, copy=False))
 
 
-def concat_factors(
-    msgs: Sequence[Adapter], modules: list[str], w: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """B_cat = [w_1 B_1, ..., w_m B_m] (M, d, m r) and A_cat = [A_1; ...; A_m] (M, m r, k),
-    float64, for ``modules`` (one shape group) over the messages.
+def distinct_messages(inboxes: Sequence[Sequence[Adapter]]) -> tuple[list[Adapter], torch.Tensor]:
+    """The distinct messages (by identity) of N inboxes of m messages each, and where each
+    inbox's messages are among them: an index (N, m)."""
+    slot: dict[int, int] = {}
+    distinct: list[Adapter] = []
+    for msgs in inboxes:
+        for msg in msgs:
+            if id(msg) not in slot:
+                slot[id(msg)] = len(distinct)
+                distinct.append(msg)
+    index = torch.tensor([[slot[id(msg)] for msg in msgs] for msgs in inboxes], dtype=torch.long)
+    return distinct, index.reshape(len(inboxes), -1)
 
-    Messages of different ranks are zero-padded to the largest (B's columns, A's rows): the
-    products are unchanged, and the blocks line up as the interference needs (the padding
-    rule of heterogeneous-rank federated LoRA)."""
-    r = max(a.A[m].shape[0] for a in msgs for m in modules)
 
-    def cols(x: np.ndarray) -> np.ndarray:
-        return x if x.shape[1] == r else np.pad(x, ((0, 0), (0, r - x.shape[1])))
-
-    def rows(x: np.ndarray) -> np.ndarray:
-        return x if x.shape[0] == r else np.pad(x, ((0, r - x.shape[0]), (0, 0)))
-
-    B_cat = np.stack(
-        [np.concatenate([wj * cols(a.B[m]) for wj, a in zip(w, msgs)], 1) for m in modules]
+def mix_extras(
+    owns: Sequence[Adapter], inboxes: Sequence[Sequence[Adapter]], w: torch.Tensor
+) -> list[dict[str, np.ndarray]] | None:
+    """Each node's non-LoRA tensors (the head) as the weighted mean of its messages', w (N, m),
+    summed in float64 and cast to the node's dtype, as ``mix_adapters`` does one node at a
+    time; None where some message's tensors differ in name or shape from the nodes' (mix
+    those one node at a time)."""
+    distinct, index = distinct_messages(inboxes)
+    first = owns[0].extra
+    same = all(
+        a.extra.keys() == first.keys()
+        and all(a.extra[k].shape == v.shape for k, v in first.items())
+        for a in [*owns, *distinct]
     )
-    A_cat = np.stack([np.concatenate([rows(a.A[m]) for a in msgs], 0) for m in modules])
-    return torch.from_numpy(B_cat.astype(np.float64)), torch.from_numpy(A_cat.astype(np.float64))
+    if not same:
+        return None
+    out: list[dict[str, np.ndarray]] = [{} for _ in owns]
+    for key, value in first.items():
+        if not distinct:
+            mixed = np.zeros((len(owns), *value.shape))
+        else:
+            stacked = np.stack([a.extra[key] for a in distinct]).astype(np.float64)  # (D, ...)
+            mixed = np.einsum("nm,nm...->n...", w.numpy(), stacked[index.numpy()])
+        for n, own in enumerate(owns):
+            out[n][key] = mixed[n].astype(own.extra[key].dtype)
+    return out
+
+
+def concat_inboxes(
+    inboxes: Sequence[Sequence[Adapter]], modules: list[str], w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For N nodes' inboxes of m messages each and their weights ``w`` (N, m):
+    B_cat = [w_1 B_1, ..., w_m B_m] (N, M, d, m r) and A_cat = [A_1; ...; A_m] (N, M, m r, k),
+    float64, for ``modules`` (one shape group).
+
+    Each distinct message is stacked once and gathered by index (on a ring every message
+    reaches three nodes). Messages of different ranks are zero-padded to the largest (B's
+    columns, A's rows): the products are unchanged, and the blocks line up as the
+    interference needs (the padding rule of heterogeneous-rank federated LoRA)."""
+    distinct, index = distinct_messages(inboxes)
+    r = max(a.A[m].shape[0] for a in distinct for m in modules)
+    Bs = torch.from_numpy(
+        np.stack([[pad_rank(a.B[m], "B", r) for m in modules] for a in distinct]).astype(np.float64)
+    )  # (D, M, d, r)
+    As = torch.from_numpy(
+        np.stack([[pad_rank(a.A[m], "A", r) for m in modules] for a in distinct]).astype(np.float64)
+    )  # (D, M, r, k)
+    N, m = index.shape
+    B = Bs[index] * w.reshape(N, m, 1, 1, 1)  # (N, m, M, d, r)
+    B_cat = B.permute(0, 2, 3, 1, 4).reshape(N, len(modules), B.shape[-2], m * r)
+    A_cat = As[index].transpose(1, 2).reshape(N, len(modules), m * r, As.shape[-1])
+    return B_cat, A_cat
 
 
 def inbox_weights(inbox: Inbox) -> tuple[torch.Tensor, list[Adapter]]:

@@ -119,7 +119,8 @@ def tsvd_and_interference_stacked(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`tsvd_stacked` of P = sum_j w_j B_j A_j plus its interference, from one QR pair.
 
-    B_cat = [w_1 B_1, ..., w_m B_m] (..., d, m r), A_cat = [A_1; ...; A_m] (..., m r, k). With
+    B_cat = [w_1 B_1, ..., w_m B_m] (..., d, m r), A_cat = [A_1; ...; A_m] (..., m r, k); ``w``
+    (m,), or (N, m) for stacks (N, ..., d, m r) of N nodes with weights of their own. With
     E = [I; ...; I] (m r, r) and W = [w_1 I, ..., w_m I] (r, m r): B_bar = B_cat E and
     A_bar = W A_cat, so P - B_bar A_bar = Q_B R_B (I - E W) R_A^T Q_A^T, and as Q_B, Q_A have
     orthonormal columns, ||P - B_bar A_bar||_F = ||R_B (I - E W) R_A^T||_F: an R x R product,
@@ -129,9 +130,11 @@ def tsvd_and_interference_stacked(
     """
     qr_B, qr_A = _qr_pair(B_cat, A_cat)
     R_B, R_A = qr_B.R, qr_A.R
-    m, p = w.shape[0], R_B.shape[-2]
+    m, p = w.shape[-1], R_B.shape[-2]
     blocks = R_B.reshape(*R_B.shape[:-1], m, -1)  # (..., p, m, r): R_B's column blocks
-    centred = blocks - w.reshape(m, 1) * blocks.sum(dim=-2, keepdim=True)  # R_B (I - E W)
+    lead = [1] * (blocks.dim() - w.dim() - 1)  # w's leading dims are the stacks' first ones
+    wb = w.reshape(*w.shape[:-1], *lead, m, 1)
+    centred = blocks - wb * blocks.sum(dim=-2, keepdim=True)  # R_B (I - E W)
     gap = centred.reshape(*R_B.shape[:-2], p, -1) @ R_A.mT  # (..., p_B, p_A)
     return (*_truncate(qr_B, qr_A, rank), gap.square().sum(dim=(-2, -1)).sqrt())
 

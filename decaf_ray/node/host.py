@@ -346,11 +346,13 @@ class Host:
                 raise ValueError(f"{self.algorithm.name} merges per round: give round_idx")
             ((_, update),) = next(iter(inboxes.values()))
             self.merged.merge(round_idx, update)
-        for i, inbox in inboxes.items():
+        t0 = time.perf_counter()
+        owns = {i: self.adapter(i) for i in inboxes}
+        combined = self.algorithm.combine_all(list(owns.values()), list(inboxes.values()))
+        share = (time.perf_counter() - t0) / max(1, len(inboxes))  # one batched call for all
+        for (i, own), (new, stats) in zip(owns.items(), combined):
             t0 = time.perf_counter()
             node = self.nodes[i]
-            own = self.adapter(i)
-            new, stats = self.algorithm.combine(own, inbox)
             if self.algorithm.merges:  # B A is in the base now: B = 0, a fresh A
                 fresh = self._initial_params(i, round_idx)
                 A = self._adapter_from({k: p.detach().cpu().numpy() for k, p in fresh.items()}).A
@@ -361,7 +363,7 @@ class Host:
             if self.algorithm.resets_moments:
                 factors = [p for k, p in node.params.items() if k.endswith((".A", ".B"))]
                 init_moments(node.optimizer, factors)
-            out[i] = CombineResult(stats, time.perf_counter() - t0, new)
+            out[i] = CombineResult(stats, share + time.perf_counter() - t0, new)
         return out
 
     @torch.no_grad()
