@@ -42,3 +42,13 @@ def test_llm_bench_config_is_smollm2_as_a_causal_lm_without_chat_template():
     assert not cfg.task.chat_template and cfg.data.max_length == 48
     args = _parser().parse_args(["bench", "--llm-nodes"])
     assert args.llm_nodes == [] and BenchOptions().llm_nodes == (8, 16)
+
+
+def test_combine_bench_times_both_paths_on_equal_results():
+    from decaf_ray.bench.combine import compare, ring_inboxes
+
+    owns, inboxes = ring_inboxes(5, 8, 2)
+    assert [len(ib) for ib in inboxes] == [3] * 5 and inboxes[0][0][1] is owns[4]
+    r = compare("tiny-bert", 16, repeats=1)
+    assert r["one_at_a_time"] > 0 and r["batched"] > 0
+    assert r["ratio"] == r["one_at_a_time"] / r["batched"]
