@@ -8,7 +8,7 @@ imported on first use, so the readers and ``summarise`` work without it.
 from importlib import import_module
 
 from analysis.reader import find_runs, read_run, read_runs
-from analysis.summary import Summary, summarise
+from analysis.summary import Summary, by_setting, summarise
 from analysis.timing import time_to
 
 _LAZY = {  # name: module that defines it (imports matplotlib)
@@ -30,4 +30,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 
-__all__ = ["Summary", "find_runs", "read_run", "read_runs", "summarise", "time_to", *_LAZY]
+__all__ = ["Summary", "by_setting", "find_runs", "read_run", "read_runs", "summarise", "time_to", *_LAZY]

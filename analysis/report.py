@@ -21,7 +21,7 @@ from analysis.figures import FIGURES, partition_runs, plot_label_histogram
 from analysis.labels import run_labels
 from analysis.reader import check_roots, read_runs
 from analysis.series import SEED
-from analysis.summary import Summary, summarise
+from analysis.summary import Summary, by_setting, summarise
 
 DPI = 120
 MAX_HISTOGRAMS = 4  # label histograms drawn at most (one per distinct partition)
@@ -114,6 +114,27 @@ def _summary_table(summary: Summary, labels: pd.Series) -> str:
     return _table(["group", "runs", *(f"{m} (final)" for m in present)], rows)
 
 
+def _setting_grid(frame: pd.DataFrame, metric: str) -> str | None:
+    """``by_setting`` as a markdown grid (rows: methods, columns: settings), mean +- std (n);
+    None with a single setting (the summary table says it all then)."""
+    long = by_setting(frame, metric)
+    if long["setting"].nunique() < 2:
+        return None
+
+    def cell(r: pd.Series) -> str:
+        std = "" if pd.isna(r["std"]) else f" ± {r['std']:.3f}"
+        return f"{r['mean']:.3f}{std} ({int(r['n'])})"
+
+    grid = long.assign(cell=long.apply(cell, axis=1)).pivot(
+        index="row", columns="setting", values="cell"
+    )
+    rows = [
+        [row, *(grid.loc[row, c] if pd.notna(grid.loc[row, c]) else "-" for c in grid)]
+        for row in grid.index
+    ]
+    return _table(["method", *grid.columns], rows)
+
+
 def _runs_table(summary: Summary) -> str:
     runs = summary.runs
     present = [f"{m}_final" for m in _HEADLINE if f"{m}_final" in runs]
@@ -157,6 +178,21 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None)
         "t-interval (none with one run). Full statistics, best values included: "
         "[by_method.csv](by_method.csv); each run: [summary.csv](summary.csv).",
         _summary_table(summary, labels),
+    ]
+    for metric, what in (
+        ("mean_node_acc", "mean node accuracy"),
+        ("eval_acc", "accuracy of the network-average model"),
+    ):
+        grid = _setting_grid(frame, metric)
+        if grid is not None:
+            by_setting(frame, metric).to_csv(out / f"by_setting_{metric}.csv", index=False)
+            parts += [
+                f"### Final {what} by setting",
+                "Mean ± std over seeds (runs). A row is "
+                "a method and its options, a column what else differs between runs.",
+                grid,
+            ]
+    parts += [
         "## Runs",
         _runs_table(summary),
         "## Figures",

@@ -93,3 +93,29 @@ def summarise(frame: pd.DataFrame) -> Summary:
         raise ValueError("no metrics to summarise: the frame is empty")
     runs = final_and_best(frame)
     return Summary(runs=runs, groups=seed_statistics(runs, compared_columns(frame)))
+
+
+def by_setting(frame: pd.DataFrame, metric: str = "mean_node_acc") -> pd.DataFrame:
+    """The final value of ``metric`` over seeds, one row per method (and its options) and one
+    column per setting: the named things that differ between runs (topology, partition,
+    schedule, model...), e.g. ``ring, dirichlet``. Columns row, setting, mean, std, n (std
+    with ddof 1; NaN for one run); empty when no run logged ``metric``.
+
+    This is the paper-style headline table (method x topology x IID/non-IID); the report
+    prints it as a grid."""
+    from analysis.labels import NAMED, run_labels
+
+    finals = network_series(frame, metric).sort_values("round").groupby("run")["value"].last()
+    if finals.empty:
+        return pd.DataFrame(columns=["row", "setting", "mean", "std", "n"])
+    named = [c for c in compared_columns(frame) if c in NAMED]
+    per_run = frame.drop_duplicates("run").set_index("run")
+    setting = (
+        per_run[named].astype(str).agg(", ".join, axis=1)
+        if named
+        else pd.Series("all", index=per_run.index)
+    )
+    rows = run_labels(frame, leave_out=tuple(named))
+    table = pd.DataFrame({"row": rows, "setting": setting, "value": finals}).dropna()
+    out = table.groupby(["row", "setting"])["value"].agg(mean="mean", std="std", n="size")
+    return out.reset_index()

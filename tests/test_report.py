@@ -221,6 +221,28 @@ def test_rank_figure_puts_each_group_at_its_ranks(frame):
     assert acc.get_ydata()[0] == pytest.approx(final.mean())
 
 
+def test_by_setting_puts_methods_in_rows_and_settings_in_columns(frame, tmp_path):
+    from analysis.report import _setting_grid
+    from analysis.summary import by_setting
+
+    complete = _variant(frame, "-complete", **{"topology.name": "complete"})
+    acc = (complete.metric == "mean_node_acc") & (complete.node == -1)
+    complete.loc[acc, "value"] = complete.loc[acc, "value"] / 2
+    both = pd.concat([frame, complete], ignore_index=True)
+    long = by_setting(both).set_index(["row", "setting"])
+    assert sorted(long.index) == [(m, t) for m in METHODS for t in ("complete", "ring")]
+    final = _net(frame[frame["algorithm.name"] == "decaf"], "mean_node_acc")
+    per_seed = final.sort_values("round").groupby("run")["value"].last()
+    assert long.loc[("decaf", "ring"), "mean"] == pytest.approx(per_seed.mean())
+    assert long.loc[("decaf", "ring"), "std"] == pytest.approx(per_seed.std())
+    assert long.loc[("decaf", "complete"), "mean"] == pytest.approx(per_seed.mean() / 2)
+    assert long.loc[("decaf", "ring"), "n"] == 2
+    grid = _setting_grid(both, "mean_node_acc")
+    assert grid.splitlines()[0] == "| method | complete | ring |"
+    assert f"| decaf | {per_seed.mean() / 2:.3f} ± " in grid
+    assert _setting_grid(frame, "mean_node_acc") is None  # one setting: no grid
+
+
 def test_time_to_target_bars_compare_schedule_modes(frame):
     fast = _variant(frame, "-async", **{"schedule.mode": "async"})
     fast["virtual_s"] = fast["virtual_s"] / 2
