@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -320,3 +321,22 @@ def test_time_budget_lets_fast_nodes_run_more_rounds_in_async_only():
     done = {i: max(t for j, t in free.steps if j == i) for i in range(4)}
     assert done == {0: 2, 1: 10, 2: 10, 3: 10}
     assert all(st.start_s < 20.0 for st in free.steps.values())
+
+
+def test_erdos_renyi_rounds_keep_their_graphs_and_draw_sparsely_when_large(monkeypatch):
+    from decaf_ray.virtual import graphs
+
+    for n, t in ((5, 1), (17, 2), (64, 3)):  # the graphs runs have always had for a seed
+        upper = np.random.default_rng([3, t]).random((n, n)) < 0.3
+        loop = {(i, j) for i in range(n) for j in range(i + 1, n) if upper[i, j]}
+        assert {tuple(sorted(e)) for e in graph_at("erdos_renyi", n, t, 3, 0.3).edges()} == loop
+    monkeypatch.setattr(graphs, "DENSE_DRAW_MAX", 0)  # above the limit: edges drawn sparsely
+    i, j = graphs._gnp_edges(np.random.default_rng(0), 9, 1.0)
+    assert list(zip(i.tolist(), j.tolist())) == [(a, b) for a in range(9) for b in range(a + 1, 9)]
+    n, q = 400, 0.05
+    g = graph_at("erdos_renyi", n, 1, 0, q)
+    pairs = n * (n - 1) / 2
+    assert abs(g.number_of_edges() - pairs * q) < 5 * np.sqrt(pairs * q * (1 - q))
+    assert nx.number_of_selfloops(g) == 0 and g.number_of_nodes() == n
+    assert sorted(graph_at("erdos_renyi", n, 1, 0, q).edges()) == sorted(g.edges())  # seeded
+    assert sorted(graph_at("erdos_renyi", n, 2, 0, q).edges()) != sorted(g.edges())
