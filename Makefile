@@ -32,18 +32,21 @@ demo: $(STAMP)
 	$(VENV)/bin/decaf-ray report $$out
 
 # The paper's grid at small scale (runs/study_*.yaml), 3 seeds: six methods on ring (non-IID
-# and IID), the graph's methods on complete and two_hubs (non-IID), decaf's options and a rank
-# ablation on ring non-IID; one report over all of it, then the LLM setting's own report.
-# About 2 hours on a 2-core CPU; docs/study/README.md has the results.
-STUDY_PARTS = ring complete two_hubs decaf_variants rank llm
+# and IID), dlora and decaf on complete and two_hubs (non-IID), decaf's options on ring
+# non-IID: one report; then reports of the rank ablation, the centralized oracle at its own lr
+# and the LLM setting beside it (report/rank, report/centralized, report/llm). About 2 hours
+# on a 2-core CPU; docs/study/README.md has the results.
+STUDY_PARTS = ring complete two_hubs decaf_variants rank centralized llm
 study: $(STAMP)
 	out=runs/out/study-$$(date +%Y%m%d-%H%M%S); \
 	for t in $(STUDY_PARTS); do \
 	  $(VENV)/bin/decaf-ray run runs/study_$$t.yaml --out $$out/$$t || exit 1; \
 	done; \
-	$(VENV)/bin/decaf-ray report $$out/ring $$out/complete $$out/two_hubs \
-	  $$out/decaf_variants $$out/rank --out $$out/report && \
-	$(VENV)/bin/decaf-ray report $$out/llm --out $$out/report-llm
+	r=$(VENV)/bin/decaf-ray; \
+	$$r report $$out/ring $$out/complete $$out/two_hubs $$out/decaf_variants --out $$out/report && \
+	$$r report $$out/rank $$out/ring --out $$out/report/rank && \
+	$$r report $$out/centralized $$out/ring --out $$out/report/centralized && \
+	$$r report $$out/llm --out $$out/report/llm
 
 # The LoRA family on the demo's setting (runs/family.yaml), then its heterogeneous-rank
 # variant; ends with one table of accuracy, product consensus and MiB sent per method.
