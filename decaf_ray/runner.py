@@ -275,7 +275,7 @@ def _run_all(
                     pool = cluster.HostPool()
                 prep = next(preps_left)
                 frame = run_one(c, run_dir, pool, prep, resume=resume and run_dir.exists())
-            swept = {k: _value(c, k) for k in cfg.sweep if k not in ("algorithm.name", "seed")}
+            swept = {k: _value(c, k) for k in swept_columns(cfg.sweep)}
             row = {"run": c.name, "algorithm": c.algorithm.name, **swept, "seed": c.seed}
             rows.append({**row, **summarise(frame)})
             table = pd.DataFrame(rows).set_index("run")
@@ -293,6 +293,19 @@ def _run_all(
         seeds.to_csv(root / "summary_seeds.csv")
         return root, seeds
     return root, table
+
+
+def swept_columns(sweep: dict[str, list]) -> list[str]:
+    """The summary's columns for a sweep's keys (method and seed aside, which have their own):
+    a key whose values are mappings gives one column per key they set (``model`` swept as
+    ``[{r: 2, alpha: 4}, ...]``: ``model.r``, ``model.alpha``), so every cell is one value."""
+    cols: list[str] = []
+    for key, values in sweep.items():
+        if key in ("algorithm.name", "seed"):
+            continue
+        subs = [f"{key}.{sub}" for v in values if isinstance(v, dict) for sub in v]
+        cols += [c for c in dict.fromkeys(subs) if c not in cols] if subs else [key]
+    return cols
 
 
 def _value(cfg: RunConfig, dotted: str):

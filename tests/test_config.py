@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -98,6 +99,24 @@ def test_a_sweep_value_that_is_a_mapping_sets_its_keys_together():
         (8, 16, 1),
     ]
     assert all(r.model.name == cfg.model.name for r in runs)  # the rest of the section kept
+    from decaf_ray.runner import over_seeds, swept_columns
+
+    assert swept_columns(cfg.sweep) == ["model.r", "model.alpha"]  # one value a cell
+    table = pd.DataFrame(
+        [
+            {
+                "run": r.name,
+                "algorithm": r.algorithm.name,
+                "model.r": r.model.r,
+                "model.alpha": r.model.alpha,
+                "seed": r.seed,
+                "mean_node_acc": 0.5 + r.seed,
+            }
+            for r in runs
+        ]
+    ).set_index("run")
+    seeds = over_seeds(table)
+    assert seeds["mean_node_acc_mean"].tolist() == [1.0, 1.0] and seeds["seeds"].tolist() == [2, 2]
     flags = load_config(None, ["name=d", "sweep={algorithm: [{align: true}]}"])
     assert [r.name for r in expand_sweep(flags)] == ["d-align=true"]
     with pytest.raises(ConfigError, match="sweep.model has an empty mapping"):
