@@ -104,16 +104,18 @@ def run_labels(frame: pd.DataFrame, leave_out: str | tuple[str, ...] = "") -> pd
     Columns in ``leave_out`` are not named: a column (``"model.r"``) or, ending in a dot, every
     column under it (``"topology."``), where that is the x axis of a figure."""
     per_run = frame.drop_duplicates("run").set_index("run")
-    cols = [c for c in compared_columns(frame) if not _left_out(c, leave_out)]
-    shown = [c for c in cols if c not in _follows(per_run, cols)]
+    compared = compared_columns(frame)
+    cols = [c for c in compared if not _left_out(c, leave_out)]
+    # a column that follows a named one is left out with it, too (two_hubs' dimat mixing)
+    shown = [c for c in cols if c not in _follows(per_run, compared)]
 
     options = [c for c in shown if c not in NAMED and c != METHOD]
     short = [c.rsplit(".", 1)[-1] for c in options]
     keys = {c: s if short.count(s) == 1 else c for c, s in zip(options, short)}  # else in full
 
     labels = per_run.apply(lambda row: _compose(row, shown, keys), axis=1)
-    groups = per_run[cols].astype(str)  # the values that make the groups (compared_columns)
-    if cols and groups.agg("\x1f".join, axis=1).groupby(labels).nunique().max() > 1:
+    groups = per_run[shown].astype(str)  # the values that make the groups (compared_columns)
+    if shown and groups.agg("\x1f".join, axis=1).groupby(labels).nunique().max() > 1:
         # two groups, one label: every compared column in full, as the groups see it
         labels = groups.apply(lambda row: " ".join(f"{c}={v}" for c, v in row.items()), axis=1)
     return labels.rename("label")

@@ -95,6 +95,11 @@ def test_the_topology_can_be_left_out_where_it_is_the_x_axis():
     assert _labels(frame, leave_out="topology.") == ["decaf", "decaf", "decaf (align=true)"]
 
 
+def test_a_mixing_rule_that_follows_the_topology_is_left_out_with_it():
+    frame = _runs({}, {"topology.name": "two_hubs", "topology.mixing": "dimat"})
+    assert _labels(frame, leave_out=("topology.name",)) == ["decaf", "decaf"]
+
+
 def test_groups_that_the_short_labels_would_merge_are_named_in_full():
     # a hand-edited config: the string "true" beside the boolean, two groups for pandas,
     # both "align=true" in YAML spelling
