@@ -4,8 +4,9 @@ Each node forms P_i = sum_j Pi_ij B_j A_j from its neighbours' factors and keeps
 rank-r approximation, TSVD_r(P_i) = U S Vh, split back into B and A (balanced or all in B).
 By Eckart-Young its error sqrt(sum_{k>r} sigma_k^2), logged as ``tsvd_tail``, is never larger
 than dLoRA's interference. The TSVD is computed from the factors (QR + small SVD), never from
-the d x k product, for all modules of one shape in one batched call. Non-LoRA tensors (the
-head) are averaged plainly.
+the d x k product, for all modules of one shape, and all of a host's nodes whose stacks have
+the same shapes, in one batched call (``combine_all``). Non-LoRA tensors (the head) are
+averaged plainly.
 
 B and A are defined only up to B G, G^-1 A. With ``align`` the split is turned by the
 orthogonal Q (r x r) that brings it closest to the node's own factors before combining
