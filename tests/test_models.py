@@ -75,6 +75,32 @@ def test_macro_f1_equals_scikit_learns_on_random_labels():
         assert macro_f1(y_true, y_pred, C) == pytest.approx(expected, abs=1e-12)
 
 
+def test_seed_dropout_draws_what_torch_manual_seed_draws_on_cpu():
+    from decaf_ray.node.state import seed_dropout
+
+    drop = torch.nn.Dropout(0.5)
+    torch.manual_seed(17)
+    expected = drop(torch.ones(64))
+    torch.manual_seed(0)  # a different state first, so the test sees the reseed
+    seed_dropout(17, torch.device("cpu"))
+    assert torch.equal(drop(torch.ones(64)), expected)
+
+
+def test_set_mode_switches_every_submodule():
+    from decaf_ray.node.state import set_mode
+
+    host, _ = host_of(tiny_config())
+    model = host.model
+    set_mode(model, training=False)
+    assert not any(m.training for m in model.modules())
+    set_mode(model, training=True)
+    assert all(m.training for m in model.modules())
+    set_mode(model, training=True)  # already training: nothing changes
+    assert all(m.training for m in model.modules())
+    set_mode(model, training=False)
+    assert not any(m.training for m in model.modules())
+
+
 def test_macro_f1_is_scikit_learns():
     from sklearn.metrics import f1_score
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from decaf_ray.node.optim import adamw_step, hyper, stack_moments, write_moments
-from decaf_ray.node.state import NodeState, concat_rows, derived_seed
+from decaf_ray.node.state import NodeState, concat_rows, derived_seed, seed_dropout, set_mode
 
 
 class StackedLinear(nn.Module):
@@ -147,8 +147,8 @@ def train_group(
         for key in trainable
     }
     settings = hyper(nodes[0].optimizer)
-    torch.manual_seed(derived_seed(seed, nodes[0].node_id, round_idx))  # dropout
-    model.train()
+    seed_dropout(derived_seed(seed, nodes[0].node_id, round_idx), device)
+    set_mode(model, training=True)
     losses = []
     with stacked_modules(model, slots, stacks):
         for _ in range(local_steps):

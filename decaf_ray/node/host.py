@@ -30,7 +30,14 @@ from decaf_ray.node.batched import plan_groups, stackable, train_group
 from decaf_ray.node.merged import MergedBase
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
-from decaf_ray.node.state import NodeState, derived_seed, node_rank, to_device
+from decaf_ray.node.state import (
+    NodeState,
+    derived_seed,
+    node_rank,
+    seed_dropout,
+    set_mode,
+    to_device,
+)
 from decaf_ray.node.tasks import make_task
 from decaf_ray.node.vision import view_of
 
@@ -274,8 +281,8 @@ class Host:
     def _train_node(self, node: NodeState, round_idx: int, lr: float) -> TrainResult:
         t0 = time.perf_counter()
         self.slots.install(node.params)
-        self.model.train()
-        torch.manual_seed(derived_seed(self.run.seed, node.node_id, round_idx))  # dropout
+        set_mode(self.model, training=True)
+        seed_dropout(derived_seed(self.run.seed, node.node_id, round_idx), self.device)
         set_lr(node.optimizer, lr)
         losses = []
         for _ in range(self.run.train.local_steps):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decaf_ray.node.state import Batch, take_rows
+from decaf_ray.node.state import Batch, set_mode, take_rows
 
 TASKS = ("classify", "causal_lm", "image_classify")
 
@@ -87,7 +87,7 @@ class Classify(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
-        model.eval()
+        set_mode(model, training=False)
         n = len(data["labels"])
         loss_sum, preds = 0.0, []
         for idx in _chunks(n, batch_size):
@@ -170,7 +170,7 @@ class CausalLM(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Batch, batch_size: int) -> dict[str, float]:
-        model.eval()
+        set_mode(model, training=False)
         if self.choices:
             return self._evaluate_choices(model, data, batch_size)
         n = len(data["labels"])
