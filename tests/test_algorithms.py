@@ -11,6 +11,7 @@ from decaf_ray.algorithms import Adapter
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.dlora_fa import DLoRAFA
+from decaf_ray.algorithms.rolora import DRoLoRA
 from decaf_ray.engine.network import average_drift, consensus_metrics
 from decaf_ray.math import tsvd_dense
 from decaf_ray.math.stacked import tsvd_stacked
@@ -65,7 +66,7 @@ def test_decaf_combine_is_the_dense_tsvd_of_each_module(split):
 def test_decaf_combines_a_host_of_nodes_in_batches_as_one_at_a_time(align, monkeypatch):
     # nodes with 3 or 2 messages, one with an all-zero product, one with an empty inbox, and
     # a batch limit that splits the 3-message nodes in two calls: each equals its own combine
-    import decaf_ray.algorithms.decaf as decaf_module
+    from decaf_ray.algorithms import stacking
 
     rng = np.random.default_rng(7)
     inboxes = [inbox_of(rng) for _ in range(5)] + [inbox_of(rng, m=2) for _ in range(2)]
@@ -77,8 +78,8 @@ def test_decaf_combines_a_host_of_nodes_in_batches_as_one_at_a_time(align, monke
     owns.insert(5, adapter(rng))
     inboxes.insert(5, headless)
     algo = DeCAF(align=align)
-    one_node = decaf_module._stack_bytes(owns[0], 3)
-    monkeypatch.setattr(decaf_module, "STACK_BYTES", 3 * one_node)  # 5 nodes: calls of 3, 2
+    one_node = stacking.stack_bytes(owns[0], 3)
+    monkeypatch.setattr(stacking, "STACK_BYTES", 3 * one_node)  # 5 nodes: calls of 3, 2
     calls = []
     batch = algo._combine_batch
     monkeypatch.setattr(
@@ -94,6 +95,62 @@ def test_decaf_combines_a_host_of_nodes_in_batches_as_one_at_a_time(align, monke
         assert stats == pytest.approx(alone_stats, rel=1e-9, abs=1e-12)
     np.testing.assert_array_equal(together[-1][0].B["q0"], owns[-1].B["q0"])  # no weight: own
     np.testing.assert_array_equal(together[5][0].extra["head"], owns[5].extra["head"])  # kept
+
+
+@pytest.mark.parametrize("algo", [DLoRA(), DLoRAFA(), DRoLoRA(mix="both")])
+def test_factor_averaging_combines_a_host_in_batches_as_one_at_a_time(algo, monkeypatch):
+    # 3- and 2-message nodes (the 3s split over two calls), a node whose inbox holds a zero
+    # weight, one whose message lacks A (dlora_fa's), one with a rank-2 message, a float64
+    # node: the unusual ones go one at a time; every result equals the node's own combine
+    from decaf_ray.algorithms import stacking
+
+    rng = np.random.default_rng(11)
+    inboxes = [inbox_of(rng) for _ in range(5)] + [inbox_of(rng, m=2) for _ in range(2)]
+    zero_weight = inbox_of(rng)
+    zero_weight[1] = (0.0, zero_weight[1][1])
+    without_A = [(0.5, adapter(rng)), (0.5, DLoRAFA().message(adapter(rng)))]
+    low = adapter(rng)
+    low = Adapter(
+        A={m: a[:2] for m, a in low.A.items()},
+        B={m: b[:, :2] for m, b in low.B.items()},
+        extra=low.extra,
+    )
+    other_rank = [(0.5, adapter(rng)), (0.5, low)]
+    inboxes += [zero_weight, without_A, other_rank]
+    owns = [adapter(rng) for _ in inboxes]
+    wide = inbox_of(rng)
+    inboxes.append(
+        [
+            (
+                w,
+                Adapter(
+                    A={m: a.astype(np.float64) for m, a in msg.A.items()},
+                    B={m: b.astype(np.float64) for m, b in msg.B.items()},
+                    extra=msg.extra,
+                ),
+            )
+            for w, msg in wide
+        ]
+    )
+    owns.append(inboxes[-1][0][1])
+    monkeypatch.setattr(stacking, "STACK_BYTES", 3 * stacking.stack_bytes(owns[0], 3))
+    calls = []
+    batch = stacking._factor_average_batch
+    monkeypatch.setattr(
+        stacking, "_factor_average_batch", lambda o, i: calls.append(len(o)) or batch(o, i)
+    )
+    together = algo.combine_all(owns, inboxes)
+    assert sorted(calls) == [1, 2, 2, 3]  # 3 messages: 3 + 2; 2 messages: 2; float64: 1
+    for own, inbox, (new, stats) in zip(owns, inboxes, together):
+        alone, alone_stats = algo.combine(own, inbox)
+        for part in ("A", "B", "extra"):
+            assert getattr(new, part).keys() == getattr(alone, part).keys()
+            for key, value in getattr(alone, part).items():
+                got = getattr(new, part)[key]
+                assert got.dtype == value.dtype and got.shape == value.shape
+                np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-7)
+        assert stats["interference"] == pytest.approx(alone_stats["interference"], rel=1e-7)
+    assert together[0][1]["interference"] > 0.0  # real gaps were compared, not zeros
 
 
 def test_interference_sums_each_modules_dense_gap():

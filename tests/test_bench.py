@@ -49,6 +49,7 @@ def test_combine_bench_times_both_paths_on_equal_results():
 
     owns, inboxes = ring_inboxes(5, 8, 2)
     assert [len(ib) for ib in inboxes] == [3] * 5 and inboxes[0][0][1] is owns[4]
-    r = compare("tiny-bert", 16, repeats=1)
-    assert r["one_at_a_time"] > 0 and r["batched"] > 0
-    assert r["ratio"] == r["one_at_a_time"] / r["batched"]
+    for algorithm in ("decaf", "dlora"):
+        r = compare("tiny-bert", 16, repeats=1, algorithm=algorithm)
+        assert r["one_at_a_time"] > 0 and r["batched"] > 0
+        assert r["ratio"] == r["one_at_a_time"] / r["batched"]

@@ -23,6 +23,7 @@ import torch
 
 from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
 from decaf_ray.algorithms.stacking import (
+    chunks,
     concat_inboxes,
     inbox_weights,
     mix_extras,
@@ -34,9 +35,6 @@ from decaf_ray.math.stacked import align_stacked, split_stacked, tsvd_and_interf
 
 if TYPE_CHECKING:
     from decaf_ray.config import AlgorithmConfig
-
-
-STACK_BYTES = 64 * 2**20  # nodes stacked into one TSVD call: at most this much input
 
 
 class DeCAF(Algorithm):
@@ -69,9 +67,7 @@ class DeCAF(Algorithm):
         out: list = [None] * len(nodes)
         for ks in batches.values():
             own, _, _, msgs = nodes[ks[0]]
-            size = max(1, STACK_BYTES // _stack_bytes(own, len(msgs)))
-            for start in range(0, len(ks), size):
-                chunk = ks[start : start + size]
+            for chunk in chunks(ks, own, len(msgs)):
                 for k, result in zip(chunk, self._combine_batch([nodes[k] for k in chunk])):
                     out[k] = result
         return out
@@ -127,16 +123,6 @@ class DeCAF(Algorithm):
             extra = heads[n] if heads is not None else mix_adapters(inbox, own, ("extra",)).extra
             out.append((Adapter(A=A[n], B=B[n], extra=extra), stats[n]))
         return out
-
-
-def _stack_bytes(own: Adapter, m: int) -> int:
-    """float64 bytes of one node's B_cat (d, m r) and A_cat (m r, k) over all its modules."""
-    return (
-        8
-        * max(1, m)
-        * sum((own.B[x].shape[0] + own.A[x].shape[1]) * own.A[x].shape[0] for x in own.modules)
-        or 1
-    )
 
 
 def _stack_key(own: Adapter, msgs: list[Adapter]) -> tuple:

@@ -6,16 +6,13 @@ interference, at the price of a frozen half of the adapter. Traffic is halved.
 
 from __future__ import annotations
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
-from decaf_ray.algorithms.stacking import interference
+from decaf_ray.algorithms.base import Adapter
+from decaf_ray.algorithms.dlora import DLoRA
 
 
-class DLoRAFA(Algorithm):
+class DLoRAFA(DLoRA):
     name = "dlora_fa"
     trains_A = False
 
     def message(self, adapter: Adapter) -> Adapter:
         return Adapter(A={}, B=adapter.B, extra=adapter.extra)
-
-    def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
-        return mix_adapters(inbox, own), {"interference": interference(inbox, own)}

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.base import Adapter
+from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.fedavg import FedAvg
-from decaf_ray.algorithms.stacking import interference
 
 if TYPE_CHECKING:
     from decaf_ray.config import AlgorithmConfig
@@ -47,7 +47,7 @@ class RoLoRA(FedAvg):
         return 0.0  # the frozen factor is one and the same on every node: the mean is exact
 
 
-class DRoLoRA(Algorithm):
+class DRoLoRA(DLoRA):
     name = "drolora"
 
     def __init__(self, mix: str = "trained") -> None:
@@ -62,6 +62,3 @@ class DRoLoRA(Algorithm):
 
     def message_in_round(self, adapter: Adapter, round_idx: int) -> Adapter:
         return adapter if self.mix == "both" else _only(adapter, trained_in(round_idx))
-
-    def combine(self, own: Adapter, inbox: Inbox) -> tuple[Adapter, dict[str, float]]:
-        return mix_adapters(inbox, own), {"interference": interference(inbox, own)}

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from decaf_ray.algorithms.base import Adapter, Inbox, pad_rank
-from decaf_ray.math.stacked import interference_stacked
+from decaf_ray.algorithms.base import Adapter, Inbox, mix_adapters, pad_rank
+from decaf_ray.math.stacked import interference_cat_stacked, interference_stacked
+
+STACK_BYTES = 64 * 2**20  # nodes stacked into one batched call: at most this much input
 
 
 def shape_groups(adapter: Adapter) -> list[list[str]]:
@@ -128,3 +130,96 @@ def interference(inbox: Inbox, own: Adapter) -> float:
         A = stack_part(msgs, mods, "A", fallback=own)  # (M, m, r, k)
         total += float(interference_stacked(B, A, w).sum())
     return total
+
+
+def stack_bytes(own: Adapter, m: int) -> int:
+    """float64 bytes of one node's B_cat (d, m r) and A_cat (m r, k) over all its modules."""
+    return (
+        8
+        * max(1, m)
+        * sum((own.B[x].shape[0] + own.A[x].shape[1]) * own.A[x].shape[0] for x in own.modules)
+        or 1
+    )
+
+
+def chunks(keys: Sequence[int], own: Adapter, m: int) -> list[Sequence[int]]:
+    """``keys`` (nodes like ``own`` with ``m`` messages each) in runs of at most
+    :data:`STACK_BYTES` of stacked input."""
+    size = max(1, STACK_BYTES // stack_bytes(own, m))
+    return [keys[start : start + size] for start in range(0, len(keys), size)]
+
+
+def factor_average_all(
+    owns: Sequence[Adapter], inboxes: Sequence[Inbox]
+) -> list[tuple[Adapter, dict[str, float]]]:
+    """Factor averaging (:func:`~decaf_ray.algorithms.base.mix_adapters`) and its
+    :func:`interference` for each node of a host, as dLoRA and its relatives combine.
+
+    Nodes whose messages all carry every tensor of the node in its shapes and dtypes, with
+    non-zero weights (every node of a homogeneous run), are stacked by message count into one
+    batched QR pair and one weighted sum per shape group of modules (by layout and message
+    count); any other node (a missing
+    factor, other ranks, a zero weight) is combined on its own. Same results to rounding."""
+    out: list = [None] * len(owns)
+    layouts: dict[int, tuple] = {}
+    batches: dict[tuple, list[int]] = {}
+    for k, (own, inbox) in enumerate(zip(owns, inboxes)):
+        if _uniform(own, inbox, layouts):
+            batches.setdefault((len(inbox), layouts[id(own)]), []).append(k)
+        else:
+            out[k] = (mix_adapters(inbox, own), {"interference": interference(inbox, own)})
+    for (m, _), ks in batches.items():
+        for chunk in chunks(ks, owns[ks[0]], m):
+            batch = _factor_average_batch([owns[k] for k in chunk], [inboxes[k] for k in chunk])
+            for k, result in zip(chunk, batch):
+                out[k] = result
+    return out
+
+
+def _layout(adapter: Adapter) -> tuple:
+    return tuple(
+        (part, key, value.shape, value.dtype)
+        for part in ("A", "B", "extra")
+        for key, value in getattr(adapter, part).items()
+    )
+
+
+def _uniform(own: Adapter, inbox: Inbox, layouts: dict[int, tuple]) -> bool:
+    """Whether every message of a non-empty ``inbox`` has non-zero weight and ``own``'s
+    layout (``layouts``: each adapter's, by id, computed once per call)."""
+
+    def layout(a: Adapter) -> tuple:
+        if id(a) not in layouts:
+            layouts[id(a)] = _layout(a)
+        return layouts[id(a)]
+
+    mine = layout(own)
+    return bool(inbox) and all(w != 0.0 and layout(msg) == mine for w, msg in inbox)
+
+
+def _factor_average_batch(
+    owns: Sequence[Adapter], inboxes: Sequence[Inbox]
+) -> list[tuple[Adapter, dict[str, float]]]:
+    """:func:`factor_average_all` of nodes that share one layout and message count."""
+    w = torch.tensor([[wj for wj, _ in inbox] for inbox in inboxes], dtype=torch.float64)
+    msgs = [[msg for _, msg in inbox] for inbox in inboxes]
+    N, m = w.shape
+    A: list[dict] = [{} for _ in owns]
+    B: list[dict] = [{} for _ in owns]
+    gaps = torch.zeros(N, dtype=torch.float64)
+    for mods in shape_groups(owns[0]):
+        B_cat, A_cat = concat_inboxes(msgs, mods, w)  # (N, M, d, m r), (N, M, m r, k)
+        gaps += interference_cat_stacked(B_cat, A_cat, w).sum(dim=-1)
+        M, d, k = len(mods), B_cat.shape[-2], A_cat.shape[-1]
+        B_bar = B_cat.reshape(N, M, d, m, -1).sum(dim=-2)  # the blocks are w_j B_j already
+        A_bar = (A_cat.reshape(N, M, m, -1, k) * w.reshape(N, 1, m, 1, 1)).sum(dim=2)
+        dtype = owns[0].B[mods[0]].dtype  # one layout: one dtype
+        B_bar, A_bar = B_bar.numpy().astype(dtype), A_bar.numpy().astype(dtype)
+        for n in range(N):
+            for idx, mod in enumerate(mods):
+                B[n][mod], A[n][mod] = B_bar[n, idx], A_bar[n, idx]
+    heads = mix_extras(owns, msgs, w)  # one layout: never None
+    return [
+        (Adapter(A=A[n], B=B[n], extra=heads[n]), {"interference": float(gaps[n])})
+        for n in range(N)
+    ]

@@ -1,7 +1,7 @@
-"""A host's decaf combine: one node at a time vs the batched ``combine_all``, side by side.
+"""A host's combine: one node at a time vs the batched ``combine_all``, side by side.
 
-    python -m decaf_ray.bench.combine                     # tiny-BERT and MiniLM shapes
-    python -m decaf_ray.bench.combine --nodes 4096 --repeats 5
+    python -m decaf_ray.bench.combine                     # decaf and dlora, both shapes
+    python -m decaf_ray.bench.combine --nodes 4096 --repeats 5 --algorithms decaf
 
 Each shape gets N nodes on a ring (inboxes of 3 messages, weight 1/3) with random float32
 factors of rank 4 and a classifier head, as a host holding N nodes would see them. Both paths
@@ -17,8 +17,7 @@ import time
 import numpy as np
 import torch
 
-from decaf_ray.algorithms import Adapter
-from decaf_ray.algorithms.decaf import DeCAF
+from decaf_ray.algorithms import REGISTRY, Adapter
 
 SHAPES = {  # name: (width d = k of each module, modules): the models' query/value layers
     "tiny-bert": (32, 4),
@@ -52,11 +51,12 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def compare(shape: str, n: int, repeats: int) -> dict[str, float]:
-    """ms per node of both paths over ``n`` nodes of ``shape``, and the ratio."""
+def compare(shape: str, n: int, repeats: int, algorithm: str = "decaf") -> dict[str, float]:
+    """ms per node of both paths of ``algorithm`` over ``n`` nodes of ``shape``, and the
+    ratio."""
     d, modules = SHAPES[shape]
     owns, inboxes = ring_inboxes(n, d, modules)
-    algo = DeCAF()
+    algo = REGISTRY[algorithm]()
     one = [algo.combine(o, ib) for o, ib in zip(owns[:8], inboxes[:8])]
     for (a, _), (b, _) in zip(one, algo.combine_all(owns[:8], inboxes[:8])):
         for m in a.modules:
@@ -73,21 +73,26 @@ def compare(shape: str, n: int, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m decaf_ray.bench.combine",
-        description="A host's decaf combine, one node at a time vs batched (ms per node).",
+        description="A host's combine, one node at a time vs batched (ms per node).",
+    )
+    parser.add_argument(
+        "--algorithms", nargs="+", choices=["decaf", "dlora"], default=["decaf", "dlora"]
     )
     parser.add_argument("--nodes", type=int, default=1024, help="nodes on the host (1024)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (3)")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"{'shape':<10} {'nodes':>6} {'one at a time':>14} {'batched':>9} {'ratio':>6}")
-    for shape in args.shapes:
-        n = args.nodes if shape == "tiny-bert" else min(args.nodes, 256)
-        r = compare(shape, n, args.repeats)
-        print(
-            f"{shape:<10} {n:>6} {r['one_at_a_time']:>11.3f} ms {r['batched']:>6.3f} ms "
-            f"{r['ratio']:>5.2f}x"
-        )
+    head = f"{'method':<7} {'shape':<10} {'nodes':>6} {'one at a time':>14} {'batched':>9}"
+    print(f"{head} {'ratio':>6}")
+    for algorithm in args.algorithms:
+        for shape in args.shapes:
+            n = args.nodes if shape == "tiny-bert" else min(args.nodes, 256)
+            r = compare(shape, n, args.repeats, algorithm)
+            print(
+                f"{algorithm:<7} {shape:<10} {n:>6} {r['one_at_a_time']:>11.3f} ms "
+                f"{r['batched']:>6.3f} ms {r['ratio']:>5.2f}x"
+            )
     return 0
 
 

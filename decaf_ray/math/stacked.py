@@ -21,6 +21,7 @@ __all__ = [
     "align_stacked",
     "drift_stacked",
     "factor_consensus_stacked",
+    "interference_cat_stacked",
     "interference_stacked",
     "product_consensus_stacked",
     "split_stacked",
@@ -129,6 +130,18 @@ def tsvd_and_interference_stacked(
     Returns U, S, Vh, s as :func:`tsvd_stacked` and the interference norms (...).
     """
     qr_B, qr_A = _qr_pair(B_cat, A_cat)
+    return (*_truncate(qr_B, qr_A, rank), _gap(qr_B, qr_A, w))
+
+
+def interference_cat_stacked(B_cat: Tensor, A_cat: Tensor, w: Tensor) -> Tensor:
+    """||sum_j w_j B_j A_j - B_bar A_bar||_F from the concatenated stacks of
+    :func:`tsvd_and_interference_stacked` (the same arguments but the rank), without the
+    truncation: factor averaging's interference for many nodes in one batched QR pair."""
+    return _gap(*_qr_pair(B_cat, A_cat), w)
+
+
+def _gap(qr_B: _QR, qr_A: _QR, w: Tensor) -> Tensor:
+    """||R_B (I - E W) R_A^T||_F (see :func:`tsvd_and_interference_stacked`)."""
     R_B, R_A = qr_B.R, qr_A.R
     m, p = w.shape[-1], R_B.shape[-2]
     blocks = R_B.reshape(*R_B.shape[:-1], m, -1)  # (..., p, m, r): R_B's column blocks
@@ -136,7 +149,7 @@ def tsvd_and_interference_stacked(
     wb = w.reshape(*w.shape[:-1], *lead, m, 1)
     centred = blocks - wb * blocks.sum(dim=-2, keepdim=True)  # R_B (I - E W)
     gap = centred.reshape(*R_B.shape[:-2], p, -1) @ R_A.mT  # (..., p_B, p_A)
-    return (*_truncate(qr_B, qr_A, rank), gap.square().sum(dim=(-2, -1)).sqrt())
+    return gap.square().sum(dim=(-2, -1)).sqrt()
 
 
 def split_stacked(U: Tensor, S: Tensor, Vh: Tensor, mode: str) -> tuple[Tensor, Tensor]:
