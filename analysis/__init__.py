@@ -10,6 +10,7 @@ from importlib import import_module
 from analysis.reader import find_runs, read_run, read_runs
 from analysis.summary import Summary, by_setting, summarise
 from analysis.timing import time_to
+from analysis.wall import host_blocks, round_split, wall_table
 
 _LAZY = {  # name: module that defines it (imports matplotlib)
     "plot_consensus": "analysis.figures",
@@ -30,4 +31,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 
-__all__ = ["Summary", "by_setting", "find_runs", "read_run", "read_runs", "summarise", "time_to", *_LAZY]
+__all__ = [
+    "Summary",
+    "by_setting",
+    "find_runs",
+    "host_blocks",
+    "read_run",
+    "read_runs",
+    "round_split",
+    "summarise",
+    "time_to",
+    "wall_table",
+    *_LAZY,
+]

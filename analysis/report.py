@@ -7,7 +7,8 @@ PosixPath('runs/out/demo-20261125-170000/report/report.md')
 The folder holds ``report.md`` (what was run, the summary over seeds, the figures), one PNG per
 figure that the runs have data for, ``summary.csv`` (final and best values of each run) and
 ``by_method.csv`` (their mean, std, n and 95% half-width over seeds); both start with the
-``group`` column, the label of the run's group (``analysis.labels``) that the figures use.
+``group`` column, the label of the run's group (``analysis.labels``) that the figures use;
+and ``wall.csv``, where each run's wall time per round went (:mod:`analysis.wall`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from analysis.labels import run_labels
 from analysis.reader import check_roots, read_runs
 from analysis.series import SEED
 from analysis.summary import Summary, by_setting, summarise
+from analysis.wall import wall_table
 
 DPI = 120
 MAX_HISTOGRAMS = 4  # label histograms drawn at most (one per distinct partition)
@@ -143,6 +145,29 @@ def _runs_table(summary: Summary) -> str:
     return _table(["run", *cols], rows)
 
 
+_WALL_TEXT = (
+    "Mean seconds of a round (round 1, the warm-up, left out) and of its phases; *floor*: the "
+    "model's own compute (the slowest host's sum of its nodes' local steps); *overhead*: "
+    "(round - eval) / floor, 1.00 being bare compute. With async or bounded schedules the "
+    "phases are the hosts' busy seconds. Also in [wall.csv](wall.csv)."
+)
+
+
+def _wall_rows(wall: pd.DataFrame) -> str:
+    cols = ["round_s", "train_s", "exchange_s", "combine_s", "metrics_s", "eval_s", "driver_s"]
+    rows = [
+        [
+            run,
+            *(f"{row[c]:.3g}" for c in cols),
+            f"{row['floor_s']:.3g}",
+            f"{row['overhead_ratio']:.3f}",
+        ]
+        for run, row in wall.iterrows()
+    ]
+    head = ["run", "round", "train", "exchange", "combine", "metrics", "eval", "driver"]
+    return _table([*head, "floor", "overhead"], rows)
+
+
 def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Read every run under ``paths`` (run or sweep folders) and write the report folder
     (default: ``<first path>/report``); return the path of its ``report.md``."""
@@ -192,11 +217,12 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None)
                 "a method and its options, a column what else differs between runs.",
                 grid,
             ]
-    parts += [
-        "## Runs",
-        _runs_table(summary),
-        "## Figures",
-    ]
+    parts += ["## Runs", _runs_table(summary)]
+    wall = wall_table(*roots)
+    if len(wall):
+        wall.to_csv(out / "wall.csv")
+        parts += ["### Wall time per round", _WALL_TEXT, _wall_rows(wall)]
+    parts.append("## Figures")
     if len(partitions) > MAX_HISTOGRAMS:
         shown = f"{MAX_HISTOGRAMS} of {len(partitions)}"
         parts.append(f"Label histograms: the first {shown} distinct partitions.")

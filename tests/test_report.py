@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import stats
 
 from analysis import (
+    host_blocks,
     plot_accuracy,
     plot_accuracy_vs_bytes,
     plot_consensus,
@@ -29,6 +30,7 @@ from analysis import (
     read_runs,
     summarise,
     time_to,
+    wall_table,
     write_report,
 )
 from analysis.figures import partition_runs
@@ -289,6 +291,30 @@ def test_report_command_writes_markdown_figures_and_tables(sweep_dir, tmp_path, 
     by = pd.read_csv(path.parent / "by_method.csv")
     assert list(by.columns) == ["group", "algorithm.name", "quantity", "mean", "std", "n", "ci95"]
     assert set(by["n"]) == {2} and (by["group"] == by["algorithm.name"]).all()
+
+
+def test_wall_table_splits_each_run_against_its_slowest_host(sweep_dir, frame, tmp_path):
+    wall = wall_table(sweep_dir)
+    assert sorted(wall.index) == sorted(frame["run"].unique())
+    for run, row in wall.iterrows():
+        last = frame[(frame.run == run) & (frame["round"] == 2)]  # round 1 is the warm-up
+        assert row["rounds_measured"] == 1
+        round_s = float(_net(last, "round_wall_s").value.iloc[0])
+        eval_s = float(_net(last, "eval_s").value.iloc[0])
+        assert row["round_s"] == pytest.approx(round_s) and row["eval_s"] == pytest.approx(eval_s)
+        blocks = host_blocks(next(sweep_dir.rglob(f"{run}/placement.json")).parent)
+        steps = last[last.metric == "node_train_s"]
+        floor = max(steps[steps.node.isin(block)].value.sum() for block in blocks)
+        assert row["floor_s"] == pytest.approx(floor)
+        assert row["overhead_ratio"] == pytest.approx((round_s - eval_s) / floor)
+        assert row["overhead_ratio"] > 1.0  # the engine costs something
+        # the phases of a barrier round part its wall time: metrics never overlap evaluation
+        assert row["driver_s"] >= 0.0
+    write_report([sweep_dir], tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "### Wall time per round" in text and "| floor | overhead |" in text
+    saved = pd.read_csv(tmp_path / "wall.csv", index_col="run")
+    pd.testing.assert_frame_equal(saved, wall, check_dtype=False)
 
 
 def test_a_mixed_report_labels_each_group_by_what_differs(frame):

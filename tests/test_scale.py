@@ -9,10 +9,11 @@ import sys
 import pandas as pd
 import pytest
 
+from analysis.wall import round_split
 from decaf_ray.bench.guard import run_guarded
 from decaf_ray.bench.multinode import compare
 from decaf_ray.bench.options import ScaleOptions
-from decaf_ray.bench.scale import growth_exponent, round_split, scale_config
+from decaf_ray.bench.scale import growth_exponent, scale_config
 from decaf_ray.cli import _parser
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from analysis.wall import PHASES, round_split
 from decaf_ray.bench.guard import STAGE, run_guarded
 from decaf_ray.bench.options import ScaleOptions
 from decaf_ray.config import RunConfig, config_from_dict
 
-PHASES = ("train_s", "exchange_s", "combine_s", "metrics_s", "eval_s")
 TARGETS = {"exponent": 1.05, "overhead_ms_per_node": 2.0}  # issue 13, at 16,384 nodes
 
 
@@ -74,29 +74,6 @@ def scale_config(n: int, opts: ScaleOptions) -> RunConfig:
             "output": {"progress": False, "save_adapters": "none"},
         }
     )
-
-
-def round_split(frame: pd.DataFrame, blocks: list[list[int]]) -> dict[str, float]:
-    """Mean seconds per measured round (2.., or 1 when there is one) of each phase, the
-    round, the driver's rest and the floor, from a run's metrics ``frame`` (tidy rows) and
-    its hosts' node ``blocks``."""
-    last = int(frame["round"].max())
-    measured = frame[frame["round"] >= (2 if last > 1 else 1)]
-    net = measured[measured["node"] == -1].pivot_table(
-        index="round", columns="metric", values="value", aggfunc="first"
-    )
-    out = {p: float(net[p].fillna(0.0).mean()) if p in net else 0.0 for p in PHASES}
-    out["round_s"] = float(net["round_wall_s"].mean())
-    out["driver_s"] = out["round_s"] - sum(out[p] for p in PHASES)
-    steps = measured[(measured["metric"] == "node_train_s") & (measured["node"] >= 0)]
-    host_of = {i: k for k, block in enumerate(blocks) for i in block}
-    per_host = steps.assign(host=steps["node"].map(host_of)).groupby(["round", "host"]).value
-    out["floor_s"] = float(per_host.sum().groupby("round").max().mean())
-    out["node_step_s"] = float(steps["value"].mean())  # one node's local steps, on average
-    # the round without evaluation in units of one node's own steps, timed in the same rounds
-    out["round_in_steps"] = (out["round_s"] - out["eval_s"]) / out["node_step_s"]
-    out["rounds_measured"] = int(net.shape[0])
-    return out
 
 
 def growth_exponent(table: pd.DataFrame, column: str = "round_s") -> float:
@@ -170,7 +147,7 @@ def _say(text: str) -> None:
 
 def _size_row(n: int, run_dir: Path, guarded, opts: ScaleOptions) -> dict:
     """The table row of one size: its figures, or why it has none."""
-    from analysis import read_run
+    from analysis import host_blocks, read_run
 
     row: dict = {"n": n, "status": guarded.status, "reason": guarded.reason}
     row["tree_peak_gib"] = guarded.peak_tree_bytes / 2**30
@@ -178,12 +155,11 @@ def _size_row(n: int, run_dir: Path, guarded, opts: ScaleOptions) -> dict:
     if guarded.status != "ok":
         return row
     result = json.loads((run_dir / "result.json").read_text())
-    blocks = [h["nodes"] for h in json.loads((run_dir / "placement.json").read_text())["hosts"]]
+    blocks = host_blocks(run_dir)
     split = round_split(read_run(run_dir), blocks)
     row.update(split)
     engine_s = split["round_s"] - split["eval_s"] - split["floor_s"]
     row["overhead_ms_per_node"] = 1e3 * engine_s / n
-    row["overhead_ratio"] = (split["round_s"] - split["eval_s"]) / split["floor_s"]
     row["prepare_s"] = result["prepare_s"]
     row["setup_s"] = result["setup_s"]
     row["driver_peak_rss_mib"] = result["driver_peak_rss_bytes"] / 2**20

@@ -80,6 +80,7 @@ class _Round:
     logged_at: float | None = None
     metrics_s: float = 0.0
     eval_started_at: float | None = None
+    measured_at: float | None = None  # every host's metric sums are in (and handled)
     evals_pending: int = 0  # evaluations and hosts' metric sums not back yet
     measure: bool = False  # log consensus and drift rows from the sums
     average: bool = False  # evaluate the network average from the sums
@@ -646,6 +647,7 @@ class Executor:
         now = time.perf_counter()
         # barrier: wall seconds from the round's rows to its metrics; dataflow: busy seconds
         r.metrics_s += now - r.logged_at if self.barrier else r.busy["metrics"] + now - t0
+        r.measured_at = now
 
     def _forget_round(self, t: int) -> None:
         """After round t's rows: drop the values no later operation or row can need (round t's
@@ -677,7 +679,7 @@ class Executor:
                 "exchange_s": r.fetch_max_s,
                 "combine_s": max(0.0, combined - trained - r.fetch_max_s),
                 "metrics_s": r.metrics_s,
-                "eval_s": now - r.eval_started_at if r.eval_started_at is not None else 0.0,
+                "eval_s": self._eval_wall_s(r, now),
                 "round_wall_s": now - started,
             }
         else:
@@ -696,6 +698,15 @@ class Executor:
         del self._rounds[t]
         self.plan.forget_ends(t)
         self._slowest_round_s = max(self._slowest_round_s, phases["round_wall_s"])
+
+    @staticmethod
+    def _eval_wall_s(r: _Round, now: float) -> float:
+        """Wall seconds of round r's evaluation, counted from when its metrics were done:
+        a host runs its metric sums before its evaluations, so the two never overlap and
+        the phases of a barrier round add up to its wall time (the rest: the driver's)."""
+        if r.eval_started_at is None:
+            return 0.0
+        return now - max(r.eval_started_at, r.measured_at or r.eval_started_at)
 
     # ------------------------------------------------------------------ rows
 
