@@ -13,7 +13,7 @@ from analysis.wall import round_split
 from decaf_ray.bench.guard import run_guarded
 from decaf_ray.bench.multinode import compare
 from decaf_ray.bench.options import ScaleOptions
-from decaf_ray.bench.scale import growth_exponent, scale_config
+from decaf_ray.bench.scale import format_scale, growth_exponent, scale_config
 from decaf_ray.cli import _parser
 
 
@@ -56,6 +56,13 @@ def test_growth_exponent_uses_the_two_largest_sizes_that_ran():
     table["round_in_steps"] = [10.0, 20.0, 80.0 * 2, float("nan")]  # 8x for 4x: slope 1.5
     assert growth_exponent(table, "round_in_steps") == pytest.approx(1.5)
     assert math.isnan(growth_exponent(table.iloc[[0, 3]]))  # one size ran: no slope
+    table["status"] = "ok"
+    table["round_s"] = [1.0, 2.0, 8.0, 64.0]  # 1,024 -> 16,384: 16x the nodes, 32x the time
+    assert growth_exponent(table, start=1024) == pytest.approx(1.25)
+    assert math.isnan(growth_exponent(table.iloc[[0, 2, 3]], start=1024))  # 1,024 did not run
+    text = format_scale(table.assign(overhead_ms_per_node=1.0))
+    assert "round_s between n=4096 and n=16384: 1.500" in text  # the two largest
+    assert "round_s between n=1024 and n=16384: 1.250 (misses" in text  # the span
 
 
 def test_scale_config_allows_more_nodes_than_articles():

@@ -76,9 +76,18 @@ def scale_config(n: int, opts: ScaleOptions) -> RunConfig:
     )
 
 
-def growth_exponent(table: pd.DataFrame, column: str = "round_s") -> float:
-    """log-log slope of ``column`` between the two largest sizes that ran (nan if < 2)."""
+SPAN_FROM = 1024  # the issue's exponent: from 1,024 nodes to the largest size
+
+
+def growth_exponent(
+    table: pd.DataFrame, column: str = "round_s", start: int | None = None
+) -> float:
+    """log-log slope of ``column`` between the two largest sizes that ran, or from size
+    ``start`` to the largest (nan if there are not two such sizes)."""
     ran = table[table["status"] == "ok"].sort_values("n")
+    if start is not None:
+        ran = ran[ran["n"] >= start]
+        ran = ran.iloc[[0, -1]] if len(ran) >= 2 and int(ran["n"].iloc[0]) == start else ran[:0]
     if len(ran) < 2:
         return float("nan")
     (n1, t1), (n2, t2) = ran[["n", column]].to_numpy()[-2:]
@@ -196,14 +205,18 @@ def format_scale(table: pd.DataFrame) -> str:
     ):
         text = shown.to_string(index=False)
     ran = table[table["status"] == "ok"].sort_values("n")
-    if len(ran) >= 2:
-        n1, n2 = ran["n"].to_numpy()[-2:]
+    sizes = [int(n) for n in ran["n"]]
+    spans = [(None, *sizes[-2:])] if len(sizes) >= 2 else []
+    if SPAN_FROM in sizes[:-2]:  # the issue's span, where it is not the two largest already
+        spans.append((SPAN_FROM, SPAN_FROM, sizes[-1]))
+    if spans:
         text += "\n"
+    for start, n1, n2 in spans:
         for column, what in (
             ("round_s", "round_s"),
             ("round_in_steps", "round_in_steps (the round less evaluation, in node steps)"),
         ):
-            exponent = growth_exponent(table, column)
+            exponent = growth_exponent(table, column, start)
             ok = "meets" if exponent <= TARGETS["exponent"] else "misses"
             text += (
                 f"\ngrowth exponent of {what} "
