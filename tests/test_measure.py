@@ -86,6 +86,25 @@ def test_host_sums_equal_the_driver_metrics(ranks, blocks):
     np.testing.assert_allclose(mean.extra["head"], exact.extra["head"], rtol=1e-6, atol=1e-6)
 
 
+def test_a_host_sums_its_nodes_in_runs_with_the_same_result(monkeypatch):
+    """A host with more nodes than one run of SUM_BYTES holds: the runs' sums add up to the
+    sums of all nodes at once (heterogeneous ranks, drift, the dense and factored forms)."""
+    from decaf_ray.node import measure
+
+    ranks = [2, 4, 4, 8, 2, 8, 4, 8, 2]
+    before, after = _adapters(9, ranks, seed=6), _adapters(9, ranks, seed=7, spread=0.3)
+    whole = network_metrics(network_sums(after, after[0], 8, before))
+    calls = []
+    one_run = measure._sums
+    monkeypatch.setattr(measure, "_sums", lambda *a: calls.append(len(a[0])) or one_run(*a))
+    per_node = 8 * 8 * sum(d + k for d, k in SHAPES.values())
+    monkeypatch.setattr(measure, "SUM_BYTES", 2 * per_node)  # runs of 2 nodes
+    in_runs = network_metrics(network_sums(after, after[0], 8, before))
+    assert calls == [2, 2, 2, 2, 1]
+    for key, value in whole.items():
+        assert in_runs[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+
+
 def test_a_host_sends_at_most_a_dense_layer_per_sum():
     """Many nodes on one host: the product sum is multiplied out (d x k), not n r wide."""
     after = _adapters(40, [4] * 40, seed=3)

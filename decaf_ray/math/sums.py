@@ -55,6 +55,23 @@ class LowRank:
         """B A from factors (M, d, R) and (M, R, k), multiplied out if that is smaller."""
         return cls(None, B.numpy(), A.numpy()).compact()
 
+    @classmethod
+    def of_pairs(cls, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> LowRank:
+        """sum_j B_j A_j of factor pairs (M, d, R_j), (M, R_j, k): :meth:`of` the
+        concatenated factors, but multiplied out pair by pair when that is smaller, so the
+        wide concatenations are never built."""
+        d, k = pairs[0][0].shape[-2], pairs[0][1].shape[-1]
+        R = sum(B.shape[-1] for B, _ in pairs)
+        if R * (d + k) < d * k:
+            return cls.of(
+                torch.cat([B for B, _ in pairs], -1), torch.cat([A for _, A in pairs], -2)
+            )
+        dense = pairs[0][0] @ pairs[0][1]
+        for B, A in pairs[1:]:
+            dense += B @ A
+        *lead, _, _ = dense.shape
+        return cls(dense.numpy(), np.zeros((*lead, d, 0)), np.zeros((*lead, 0, k)))
+
     @property
     def rank(self) -> int:
         return self.B.shape[-1]
@@ -165,10 +182,8 @@ def group_sums(
         + ((B_0.mT @ B_0) * (dA @ dA.mT)).sum(dim=(-2, -1))
     ).clamp_min(0.0)  # (M, m)
     sum_dA = dA.sum(dim=-3)  # (M, r, k)
-    product = LowRank.of(  # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i]
-        torch.cat([wide(dB), B_0[..., 0, :, :]], dim=-1),
-        torch.cat([tall(A), sum_dA], dim=-2),
-    )
+    # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i]
+    product = LowRank.of_pairs([(wide(dB), tall(A)), (B_0[..., 0, :, :], sum_dA)])
     out = GroupSums(
         tuple(modules),
         B.shape[-3],
@@ -182,14 +197,12 @@ def group_sums(
     if B_before is None or A_before is None:
         return out
     # (B+ - B-) A+ + B- (A+ - A-), exactly 0 for a node that did not change
+    step_B, step_A = B - B_before, A - A_before
     return replace(
         out,
-        drift_A=(A - A_before).sum(dim=-3).numpy(),
-        drift_B=(B - B_before).sum(dim=-3).numpy(),
-        drift_product=LowRank.of(
-            torch.cat([wide(B - B_before), wide(B_before)], dim=-1),
-            torch.cat([tall(A), tall(A - A_before)], dim=-2),
-        ),
+        drift_A=step_A.sum(dim=-3).numpy(),
+        drift_B=step_B.sum(dim=-3).numpy(),
+        drift_product=LowRank.of_pairs([(wide(step_B), tall(A)), (wide(B_before), tall(step_A))]),
     )
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 
 import numpy as np
 import torch
 
-from decaf_ray.algorithms.base import Adapter, pad_rank
+from decaf_ray.algorithms.base import Adapter
 from decaf_ray.algorithms.stacking import shape_groups
 from decaf_ray.math.sums import GroupSums, LowRank, group_metrics, group_sums
 
@@ -35,11 +37,23 @@ class NetworkSums:
 
 
 def _stack(adapters: Sequence[Adapter], modules: list[str], part: str, rank: int) -> torch.Tensor:
-    """Factor ``part`` of ``modules`` over ``adapters``, zero-padded to ``rank``: (M, m, ...)."""
-    rows = [
-        np.stack([pad_rank(getattr(a, part)[m], part, rank) for a in adapters]) for m in modules
-    ]
-    return torch.from_numpy(np.stack(rows).astype(np.float64, copy=False))
+    """Factor ``part`` of ``modules`` over ``adapters``, zero-padded to ``rank``: (M, m, ...)
+    float64, written once into one array (a factor of lower rank fills its leading rows of
+    A or columns of B; the rest stays zero)."""
+    d, k = getattr(adapters[0], part)[modules[0]].shape
+    shape = (rank, k) if part == "A" else (d, rank)
+    out = np.zeros((len(modules), len(adapters), *shape))
+    for j, m in enumerate(modules):
+        for i, a in enumerate(adapters):
+            x = getattr(a, part)[m]
+            if part == "A":
+                out[j, i, : x.shape[0]] = x
+            else:
+                out[j, i, :, : x.shape[1]] = x
+    return torch.from_numpy(out)
+
+
+SUM_BYTES = 32 * 2**20  # nodes summed at once: at most this much of float64 factors
 
 
 def network_sums(
@@ -50,7 +64,29 @@ def network_sums(
 ) -> NetworkSums:
     """Sums over the given nodes' states ``after`` (and ``before`` their combine, for the
     drift), shifted by the shared reference ``ref``; factors zero-padded to ``rank`` (the
-    network's widest: the padding leaves every product unchanged)."""
+    network's widest: the padding leaves every product unchanged).
+
+    The nodes are summed in runs of at most :data:`SUM_BYTES` of stacked factors and the
+    runs' sums added: the stacks stay in cache, and a host's memory for the metrics does not
+    grow with its node count."""
+    per_node = 8 * rank * max(sum(d + k for d, k in _shapes(ref)), 1)  # B and A, all modules
+    size = max(1, SUM_BYTES // per_node)
+    parts = [
+        _sums(after[s : s + size], ref, rank, None if before is None else before[s : s + size])
+        for s in range(0, len(after), size)
+    ]
+    return reduce(add, parts)
+
+
+def _shapes(adapter: Adapter) -> list[tuple[int, int]]:
+    """(d, k) of each module: B is d x r, A is r x k."""
+    return [(adapter.B[m].shape[0], adapter.A[m].shape[1]) for m in adapter.modules]
+
+
+def _sums(
+    after: Sequence[Adapter], ref: Adapter, rank: int, before: Sequence[Adapter] | None
+) -> NetworkSums:
+    """:func:`network_sums` of one run of nodes, in one stack per shape group."""
     groups = []
     for modules in shape_groups(ref):
         B, A = _stack(after, modules, "B", rank), _stack(after, modules, "A", rank)
