@@ -156,10 +156,10 @@ def factor_average_all(
     :func:`interference` for each node of a host, as dLoRA and its relatives combine.
 
     Nodes whose messages all carry every tensor of the node in its shapes and dtypes, with
-    non-zero weights (every node of a homogeneous run), are stacked by message count into one
-    batched QR pair and one weighted sum per shape group of modules (by layout and message
-    count); any other node (a missing
-    factor, other ranks, a zero weight) is combined on its own. Same results to rounding."""
+    non-zero weights (every node of a homogeneous run), are grouped by layout and message
+    count; each group takes one batched QR pair and one weighted sum per shape group of
+    modules. Any other node (a missing factor, other ranks, a zero weight) is combined on
+    its own. Same results to rounding."""
     out: list = [None] * len(owns)
     layouts: dict[int, tuple] = {}
     batches: dict[tuple, list[int]] = {}
