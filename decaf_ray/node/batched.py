@@ -13,6 +13,10 @@ loss is their sum, so node j's gradient is exactly its own; AdamW is elementwise
 equals k separate AdamW steps. Dropout masks differ
 from the sequential path (one RNG draw for the group), so equality holds with dropout off.
 :func:`train_group` is the whole loop: stack, step, write back.
+
+With :class:`Resident` the stacks are not made per round: a host's node groups keep their
+parameters and AdamW state stacked on the device between rounds, each node's tensors being
+views of its row, and only what travels leaves the device, one copy per tensor.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from decaf_ray.node.optim import adamw_step, hyper, stack_moments, write_moments
+from decaf_ray.node.optim import adamw_step, hyper, stack_moments, view_moments, write_moments
 from decaf_ray.node.state import NodeState, concat_rows, derived_seed, seed_dropout, set_mode
 
 
@@ -111,6 +115,52 @@ def plan_groups(sizes: dict[int, int], batch_size: int, max_rows: int) -> list[l
 
 
 @dataclass(frozen=True)
+class Stacks:
+    """One group's resident state: parameters (k, ...) and, of the parameters the optimizer
+    holds, (exp_avg, exp_avg_sq, steps (k,)), by slot key."""
+
+    params: dict[str, torch.Tensor]
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class Resident:
+    """The stacked state of a host's node groups, kept on the device between rounds.
+
+    Each group's parameters, AdamW moments and step counts are (k, ...) tensors, and every
+    node's ``nn.Parameter`` and optimizer state are views of its row. All that reads or
+    writes a node does so in place (the combine's load, checkpoints, a moment reset), so the
+    stacks and the nodes never disagree, and a group's local steps neither stack nor copy
+    back. Groups other than these (a subset of nodes, as asynchrony trains) are stacked per
+    call as before and written back into the same views.
+    """
+
+    def __init__(self, groups: list[list[NodeState]]) -> None:
+        self.groups = {tuple(n.node_id for n in nodes): _stack_in_place(nodes) for nodes in groups}
+
+    def get(self, nodes: list[NodeState]) -> Stacks | None:
+        return self.groups.get(tuple(n.node_id for n in nodes))
+
+
+def _stack_in_place(nodes: list[NodeState]) -> Stacks:
+    """Stack the nodes' state and make each node's tensors views of its row."""
+    params = {}
+    for key in nodes[0].params:
+        stack = torch.stack([n.params[key].detach() for n in nodes])
+        for j, node in enumerate(nodes):
+            node.params[key].data = stack[j]
+        params[key] = stack
+    device = next(iter(params.values())).device
+    moments = {}
+    for key in nodes[0].optimized():
+        pairs = [(n.optimizer, n.params[key]) for n in nodes]
+        m, v, steps = stack_moments(pairs, device)
+        for j, (opt, p) in enumerate(pairs):
+            view_moments(opt, p, m[j], v[j], steps[j])
+        moments[key] = (m, v, steps)
+    return Stacks(params, moments)
+
+
+@dataclass(frozen=True)
 class GroupResult:
     losses: list[float]  # each node's mean loss over the local steps
     seconds_per_node: float
@@ -128,24 +178,30 @@ def train_group(
     lr: float,
     seed: int,
     round_idx: int,
+    resident: Stacks | None = None,
 ) -> GroupResult:
     """``local_steps`` AdamW steps of k nodes in one pass each over the shared base.
 
-    Each node's parameters and moments are stacked, trained as :class:`StackedLinear` maps,
-    and copied back into the node (parameters, AdamW state); the final tensors also come
-    back as numpy stacks in one device-to-host copy.
+    The group's parameters and moments are ``resident`` (:class:`Resident`: trained where
+    they are), or else stacked for the call and copied back into the nodes afterwards;
+    either way they are trained as :class:`StackedLinear` maps, and the final tensors come
+    back as numpy stacks in one device-to-host copy each.
     """
     t0 = time.perf_counter()
     k, keys = len(nodes), list(nodes[0].params)
     device = nodes[0].data["labels"].device
-    stacks = {key: torch.stack([n.params[key].detach() for n in nodes]) for key in keys}
     trainable = [key for key in keys if nodes[0].params[key].requires_grad]
-    for key in trainable:
-        stacks[key].requires_grad_(True)
-    moments = {
-        key: stack_moments([(n.optimizer, n.params[key]) for n in nodes], device)
-        for key in trainable
-    }
+    if resident is not None:
+        stacks = resident.params
+        moments = {key: resident.moments[key] for key in trainable}
+    else:
+        stacks = {key: torch.stack([n.params[key].detach() for n in nodes]) for key in keys}
+        moments = {
+            key: stack_moments([(n.optimizer, n.params[key]) for n in nodes], device)
+            for key in trainable
+        }
+    for key in keys:
+        stacks[key].requires_grad_(key in trainable)
     settings = hyper(nodes[0].optimizer)
     seed_dropout(derived_seed(seed, nodes[0].node_id, round_idx), device)
     set_mode(model, training=True)
@@ -160,13 +216,17 @@ def train_group(
                 adamw_step(stacks[key].data, stacks[key].grad, m, v, steps, lr=lr, **settings)
                 stacks[key].grad = None
             losses.append(per_node.detach())
-    host_stacks = {key: x.detach().cpu().numpy() for key, x in stacks.items()}  # one copy
-    for j, node in enumerate(nodes):
-        with torch.no_grad():
-            for key in keys:
-                node.params[key].copy_(stacks[key][j])
-        for key in trainable:
-            m, v, steps = moments[key]
-            write_moments(node.optimizer, node.params[key], m[j], v[j], float(steps[j]))
+    for key in keys:
+        stacks[key].requires_grad_(False)
+    # one copy each (on the CPU too: resident stacks change in place next round)
+    host_stacks = {key: x.detach().to("cpu", copy=True).numpy() for key, x in stacks.items()}
+    if resident is None:  # the nodes' own tensors get the results
+        for j, node in enumerate(nodes):
+            with torch.no_grad():
+                for key in keys:
+                    node.params[key].copy_(stacks[key][j])
+            for key in trainable:
+                m, v, steps = moments[key]
+                write_moments(node.optimizer, node.params[key], m[j], v[j], float(steps[j]))
     mean_losses = torch.stack(losses).mean(dim=0).tolist()
     return GroupResult(mean_losses, (time.perf_counter() - t0) / k, host_stacks)

@@ -26,7 +26,7 @@ from decaf_ray.algorithms import Adapter, Inbox, make_algorithm, pack_adapter
 from decaf_ray.config import AlgorithmConfig, ExchangeConfig, ModelConfig, RunConfig, TrainConfig
 from decaf_ray.data import Shard
 from decaf_ray.math.compress import public_step
-from decaf_ray.node.batched import plan_groups, stackable, train_group
+from decaf_ray.node.batched import Resident, plan_groups, stackable, train_group
 from decaf_ray.node.merged import MergedBase
 from decaf_ray.node.model import ParamSlots, build_peft_model, model_path
 from decaf_ray.node.optim import init_moments, learning_rate, make_optimizer, set_lr
@@ -158,6 +158,10 @@ class Host:
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
         ranks = {node_rank(self.spec.model, run.seed, i) for i in self.nodes}
         self.batched = self.batched and len(ranks) == 1  # stacks need one shape
+        self.resident = None  # the batched groups' state, stacked where the model is
+        if self.batched:
+            groups = self._groups(list(self.nodes))
+            self.resident = Resident([[self.nodes[i] for i in group] for group in groups])
         for i, local in (local_evals or {}).items():
             self.nodes[i].eval_data = to_device(local, self.device)
         return sorted(self.nodes)
@@ -254,9 +258,8 @@ class Host:
         if not self.batched:
             return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
         train = self.run.train
-        sizes = {i: self.nodes[i].size for i in ids}
         out = {}
-        for group in plan_groups(sizes, train.batch_size, train.batched_max_rows):
+        for group in self._groups(ids):
             nodes = [self.nodes[i] for i in group]
             res = train_group(
                 self.model,
@@ -268,6 +271,7 @@ class Host:
                 lr=lr,
                 seed=self.run.seed,
                 round_idx=round_idx,
+                resident=self.resident.get(nodes),
             )
             for j, node in enumerate(nodes):
                 set_lr(node.optimizer, lr)
@@ -277,6 +281,13 @@ class Host:
                     res.losses[j], res.seconds_per_node, adapter, message
                 )
         return out
+
+    def _groups(self, ids: list[int]) -> list[list[int]]:
+        """The batched groups of nodes ``ids``: one batch size each, at most
+        ``train.batched_max_rows`` rows (all nodes: the groups :class:`Resident` keeps)."""
+        train = self.run.train
+        sizes = {i: self.nodes[i].size for i in ids}
+        return plan_groups(sizes, train.batch_size, train.batched_max_rows)
 
     def _train_node(self, node: NodeState, round_idx: int, lr: float) -> TrainResult:
         t0 = time.perf_counter()

@@ -90,6 +90,19 @@ def write_moments(
     st["exp_avg_sq"].copy_(exp_avg_sq)
 
 
+def view_moments(
+    opt: torch.optim.AdamW,
+    p: nn.Parameter,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+) -> None:
+    """Make ``p``'s AdamW state these tensors (views of stacked moments, updated in place
+    from then on: see :class:`~decaf_ray.node.batched.Resident`)."""
+    st = opt.state[p]
+    st["step"], st["exp_avg"], st["exp_avg_sq"] = step, exp_avg, exp_avg_sq
+
+
 def moments(opt: torch.optim.AdamW, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Copies of the AdamW state of the named parameters, for a checkpoint:
     ``<name>.exp_avg``, ``<name>.exp_avg_sq`` and ``<name>.step`` (a 0-d tensor)."""
