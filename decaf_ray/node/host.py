@@ -158,10 +158,7 @@ class Host:
         self.nodes = {i: self._new_node(i, shard) for i, shard in sorted(shards.items())}
         ranks = {node_rank(self.spec.model, run.seed, i) for i in self.nodes}
         self.batched = self.batched and len(ranks) == 1  # stacks need one shape
-        self.resident = None  # the batched groups' state, stacked where the model is
-        if self.batched:
-            groups = self._groups(list(self.nodes))
-            self.resident = Resident([[self.nodes[i] for i in group] for group in groups])
+        self.resident: Resident | None = None  # made by the first batched round
         for i, local in (local_evals or {}).items():
             self.nodes[i].eval_data = to_device(local, self.device)
         return sorted(self.nodes)
@@ -258,6 +255,9 @@ class Host:
         if not self.batched:
             return {i: self._train_node(self.nodes[i], round_idx, lr) for i in ids}
         train = self.run.train
+        if self.resident is None:  # every node's group, stacked where the model is
+            groups = self._groups(sorted(self.nodes))
+            self.resident = Resident([[self.nodes[i] for i in group] for group in groups])
         out = {}
         for group in self._groups(ids):
             nodes = [self.nodes[i] for i in group]
