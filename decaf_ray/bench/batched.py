@@ -1,11 +1,13 @@
-"""Sequential vs batched multi-node training on one host, side by side (no Ray involved).
+"""Sequential vs batched multi-node training on a host, side by side (no Ray involved).
 
     python -m decaf_ray.bench.batched --nodes 16 64 --device cpu
     python -m decaf_ray.bench.batched --nodes 64 --device cuda --max-rows 4096
 
-For each node count it builds one host (the real :class:`~decaf_ray.node.Host`), then
-alternates rounds of the sequential path and the batched path over the same nodes and prints
-the median seconds per round of each and their ratio, plus the peak memory of the batched path.
+For each node count it builds two hosts (the real :class:`~decaf_ray.node.Host`) over the
+same nodes, one training them one after another and one in batched groups (so neither path
+runs on state the other left: the batched host keeps it stacked), then alternates their
+rounds and prints the median seconds per round of each and their ratio, plus the peak memory
+of the batched path.
 """
 
 from __future__ import annotations
@@ -48,19 +50,17 @@ def _sync(device: torch.device) -> None:
 def bench(args: argparse.Namespace, n: int) -> dict[str, float]:
     cfg = _config(args, n)
     prep = prepare(cfg)
-    host = Host(HostSpec(cfg.model, prep.num_labels, threads=args.threads, device=args.device))
+    spec = HostSpec(cfg.model, prep.num_labels, threads=args.threads, device=args.device)
     run = RunSpec.of(cfg, prep.choices, prep.pad_id)
-    host.setup(run, prep.shards, prep.eval_set)
-    modes = {
-        "off": replace(cfg.train, batched_nodes="off"),
-        "on": replace(cfg.train, batched_nodes="on"),
-    }
+    hosts = {}  # one host per path: a batched host keeps its nodes' state in its own stacks
+    for mode in ("off", "on"):
+        hosts[mode] = Host(spec)
+        train = replace(cfg.train, batched_nodes=mode)
+        hosts[mode].setup(replace(run, train=train), prep.shards, prep.eval_set)
     times: dict[str, list[float]] = {"off": [], "on": []}
     peak = 0.0
     for t in range(args.rounds + 1):  # round 0 warms up both paths
-        for mode, train_cfg in modes.items():
-            host.run = replace(run, train=train_cfg)
-            host.batched = mode == "on"
+        for mode, host in hosts.items():
             if host.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             _sync(host.device)
