@@ -275,7 +275,8 @@ class Host:
             )
             for j, node in enumerate(nodes):
                 set_lr(node.optimizer, lr)
-                adapter = self._adapter_from({k: x[j].copy() for k, x in res.tensors.items()})
+                # rows of the group's own host copy: no second copy per node
+                adapter = self._adapter_from({k: x[j] for k, x in res.tensors.items()})
                 message = self.outgoing(adapter, node, round_idx)
                 out[node.node_id] = TrainResult(
                     res.losses[j], res.seconds_per_node, adapter, message
