@@ -109,7 +109,16 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text")
     b.add_argument("--batch-size", type=int, default=d.batch_size)
     b.add_argument("--local-steps", type=int, default=d.local_steps, help="tau per round")
-    b.add_argument("--rounds", type=int, default=d.rounds, help="rounds per size (1st: warm-up)")
+    b.add_argument(
+        "--rounds", type=int, default=d.rounds, help="turns per size (1st: one warm-up round)"
+    )
+    b.add_argument(
+        "--span",
+        type=int,
+        default=d.span,
+        help="rounds the simulator and each floor run in a row per turn: a run overlaps a "
+        "round's metrics with the next round's training, which 1 (round by round) hides",
+    )
     b.add_argument(
         "--small-nodes",
         type=int,
@@ -285,6 +294,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         local_steps=args.local_steps,
         rounds=args.rounds,
+        span=args.span,
         small_nodes=tuple(args.small_nodes),
         llm_nodes=tuple(args.llm_nodes),
         tsvd_dim=args.tsvd_dim,

@@ -1,12 +1,19 @@
-"""The benchmark's pure parts: TSVD timing rows, PSS reading, the command line."""
+"""The benchmark: TSVD timing rows, PSS reading, the command line, turns of rounds on Ray."""
 
 from __future__ import annotations
 
 import os
 
 from decaf_ray.bench.options import BenchOptions
-from decaf_ray.bench.overhead import bench_config, bench_tsvd, format_table, pss_bytes
+from decaf_ray.bench.overhead import (
+    bench_config,
+    bench_tsvd,
+    format_table,
+    measure_round_overhead,
+    pss_bytes,
+)
 from decaf_ray.cli import _parser
+from tests.conftest import tiny_config
 
 
 def test_tsvd_rows_time_both_paths_and_agree():
@@ -24,16 +31,18 @@ def test_pss_of_this_process_is_positive():
 
 
 def test_bench_config_never_evaluates_and_uses_every_core_slot():
-    cfg = bench_config(16, 32, 4, 1, BenchOptions(rounds=4))
+    cfg = bench_config(16, 32, 4, 1, BenchOptions(rounds=4, span=2))
     assert cfg.topology.n == 16 and cfg.data.max_length == 32 and cfg.train.batch_size == 4
     assert cfg.model.name == "minilm" and cfg.model.r == 8 and cfg.algorithm.name == "decaf"
-    assert cfg.train.rounds == cfg.eval.every == 5  # rounds 1-4 are timed; none evaluates
+    # a warm-up round and 3 turns of 2 rounds are timed; none evaluates
+    assert cfg.train.rounds == cfg.eval.every == 8
     assert cfg.cluster.nodes_per_actor is None
 
 
 def test_cli_parses_bench_options():
     args = _parser().parse_args(["bench", "--nodes", "16", "64", "256", "--small-nodes"])
     assert args.nodes == [16, 64, 256] and args.small_nodes == [] and args.max_length == 64
+    assert args.span == 2 and _parser().parse_args(["bench", "--span", "1"]).span == 1
 
 
 def test_llm_bench_config_is_smollm2_as_a_causal_lm_without_chat_template():
@@ -53,3 +62,15 @@ def test_combine_bench_times_both_paths_on_equal_results():
         r = compare("tiny-bert", 16, repeats=1, algorithm=algorithm)
         assert r["one_at_a_time"] > 0 and r["batched"] > 0
         assert r["ratio"] == r["one_at_a_time"] / r["batched"]
+
+
+def test_overhead_times_turns_of_rounds_in_a_row(pool, tmp_path):
+    """A warm-up round, then turns of ``span`` rounds per contender, timed per round: the
+    simulator's turn is one run over both rounds (its rounds overlap), the floors' too."""
+    cfg = tiny_config(train__rounds=6, eval__every=6, eval__network_average=False)
+    s, times = measure_round_overhead(cfg, 3, pool, tmp_path, span=2)
+    sim = times[times.who == "sim"]
+    assert list(sim["turn"]) == [1, 2, 3] and list(sim["round"]) == [1, 3, 5]
+    assert set(times.who) == {"sim", *s["floors"]} and len(times) == 3 * len(set(times.who))
+    assert s["measured_rounds"] == 4 and s["sim_s"] > 0 and s["floor_s"] > 0
+    assert s["sim_s"] == sim[sim.turn > 1].wall_s.median()

@@ -149,3 +149,30 @@ def test_progress_off_a_terminal_is_one_line_every_few_rounds(tmp_path, capsys):
     run_in_process(tiny_config(output__progress=True), tmp_path / "r")
     err = capsys.readouterr().err
     assert "t: round 1/2" in err and "t: round 2/2" in err and "acc=" in err
+
+
+def test_a_sync_round_trains_behind_the_last_rounds_metrics_on_ray(run_tiny, monkeypatch, tmp_path):
+    """On Ray hosts a sync round's local steps are submitted as soon as the previous round's
+    combines are back, before its metric sums and evaluations are (they queue ahead of them
+    on each host); the metrics equal an in-process run's, which keeps the rounds apart, and
+    the phases still add up to each round."""
+    from decaf_ray.engine.executor import Executor
+
+    submitted = []  # (round trained, last round closed then)
+    launch = Executor._launch
+
+    def spy(self, ticket, kind, t):
+        if kind == "train":
+            submitted.append((t, self._closed))
+        launch(self, ticket, kind, t)
+
+    monkeypatch.setattr(Executor, "_launch", spy)
+    frame = run_tiny(algorithm__name="decaf", train__rounds=3)
+    assert sorted(set(submitted)) == [(1, 0), (2, 0), (3, 1)]
+    monkeypatch.setattr(Executor, "_launch", launch)
+    want = run_in_process(tiny_config(algorithm__name="decaf", train__rounds=3), tmp_path / "l")[1]
+    assert values(frame).equals(values(want))
+    phases = frame[frame.metric.isin(PHASES[:-1]) & (frame.node == -1)]
+    total = phases.groupby("round").value.sum()
+    wall = net(frame, "round_wall_s")
+    assert (total <= wall + 1e-6).all() and (net(frame, "train_s") > 0).all()

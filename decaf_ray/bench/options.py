@@ -15,7 +15,8 @@ class BenchOptions:
     max_length: int = 64
     batch_size: int = 16
     local_steps: int = 1
-    rounds: int = 4  # per size; the first is warm-up
+    rounds: int = 4  # turns per size; the first is a warm-up round
+    span: int = 2  # rounds a contender runs per turn (>= 2: a round's metrics overlap the next)
     small_nodes: tuple[int, ...] = (64,)  # small-compute regime; () skips it
     small_max_length: int = 32
     small_batch_size: int = 4

@@ -7,8 +7,10 @@ Side by side in one run, on the same machine:
   MiniLM + LoRA r = 8) over the *floor*, the same local steps (same model, shards, batches,
   steps) in plain torch with no Ray and no exchange (:mod:`decaf_ray.bench.floor`), in the
   faster of its two layouts. Simulated and
-  floor rounds are interleaved (the order rotates each round); the first round is warm-up and
-  the medians of the others are compared.
+  floor turns are interleaved (the order rotates each turn); a turn is ``span`` rounds in a
+  row, as a run goes (its rounds overlap: a round's metrics with the next one's training),
+  timed per round. The first turn is one warm-up round; the medians of the others are
+  compared.
 - **memory per additional node**: the growth of the summed proportional set size (PSS) of the
   host actor processes between the smallest and the largest node count, per added node.
 - **start and per-round phase times**: Ray start, host start (cold and warm), and the engine's
@@ -140,9 +142,9 @@ def bench_config(
     model: str = "minilm",
 ) -> RunConfig:
     """A decaf run on a ring with MiniLM (or SmolLM2 as a causal LM, its prompts without the
-    chat template) + LoRA r = 8 that never evaluates: the benchmark times ``opts.rounds``
-    rounds one by one, and a run evaluates only every ``eval.every`` rounds and after its
-    last one, so both lie one round past them."""
+    chat template) + LoRA r = 8 that never evaluates: the benchmark times the rounds of its
+    turns (:func:`bench_rounds`), and a run evaluates only every ``eval.every`` rounds and
+    after its last one, so both lie one round past them."""
     llm = model == "smollm2-135m"
     return config_from_dict(
         {
@@ -159,15 +161,21 @@ def bench_config(
             },
             "model": {"name": model, "r": 8, "alpha": 16},
             "train": {
-                "rounds": opts.rounds + 1,
+                "rounds": bench_rounds(opts) + 1,
                 "local_steps": local_steps,
                 "batch_size": batch_size,
             },
-            "eval": {"every": opts.rounds + 1, "network_average": False},
+            "eval": {"every": bench_rounds(opts) + 1, "network_average": False},
             "cluster": {"num_cpus": opts.num_cpus},
             "output": {"progress": False},
         }
     )
+
+
+def bench_rounds(opts: BenchOptions) -> int:
+    """Rounds the benchmark runs per size: one warm-up, then ``rounds - 1`` turns of
+    ``span``."""
+    return 1 + (opts.rounds - 1) * opts.span
 
 
 def pss_bytes(pids: list[int]) -> int:
@@ -176,11 +184,13 @@ def pss_bytes(pids: list[int]) -> int:
 
 
 def measure_round_overhead(
-    cfg: RunConfig, rounds: int, pool, run_root: Path
+    cfg: RunConfig, rounds: int, pool, run_root: Path, span: int = 1
 ) -> tuple[dict, pd.DataFrame]:
-    """Interleave ``rounds`` simulated rounds with floor rounds of both layouts.
+    """Interleave ``rounds`` turns of the simulator with turns of the floor's layouts: a
+    warm-up round, then turns of ``span`` rounds each, timed per round.
 
-    Returns a summary (medians over rounds 2.., setup seconds, host PSS) and the per-round times.
+    Returns a summary (medians over the turns after the warm-up, setup seconds, host PSS) and
+    the per-turn times (``round``: the turn's last round).
     """
     from decaf_ray.bench.floor import floor_layouts
     from decaf_ray.engine.cluster import start_hosts
@@ -202,19 +212,24 @@ def measure_round_overhead(
     by_name = {f.name: f for f in floors}
     rows = []
     try:
-        for t in range(1, rounds + 1):
-            k = (t - 1) % len(contenders)
+        end = 0
+        for turn in range(1, rounds + 1):
+            first, end = end + 1, end + (1 if turn == 1 else span)
+            k = (turn - 1) % len(contenders)
             for name in contenders[k:] + contenders[:k]:  # rotate who goes first
                 t0 = time.perf_counter()
                 if name == "sim":
-                    sim.run(until_round=t)
+                    sim.run(until_round=end)
                 else:
-                    by_name[name].train_round(t)
-                wall_s = time.perf_counter() - t0
-                rows.append({"run": cfg.name, "round": t, "who": name, "wall_s": wall_s})
+                    for t in range(first, end + 1):
+                        by_name[name].train_round(t)
+                wall_s = (time.perf_counter() - t0) / (end - first + 1)
+                rows.append(
+                    {"run": cfg.name, "round": end, "turn": turn, "who": name, "wall_s": wall_s}
+                )
             last = {r["who"]: r["wall_s"] for r in rows[-len(contenders) :]}
             _say(
-                f"  {cfg.name} round {t}/{rounds}: "
+                f"  {cfg.name} rounds {first}-{end} (turn {turn}/{rounds}), per round: "
                 + ", ".join(f"{w} {s:.2f} s" for w, s in last.items())
             )
         host_pss = pss_bytes([int(p["pid"]) for p in placement])
@@ -222,7 +237,7 @@ def measure_round_overhead(
         for f in floors:
             f.stop()
     times = pd.DataFrame(rows)
-    timed = times[times["round"] > 1] if rounds > 1 else times
+    timed = times[times["turn"] > 1] if rounds > 1 else times
     med = timed.groupby("who")["wall_s"].median()
     floor_name = min((f.name for f in floors), key=lambda name: med[name])
     net = log.frame()
@@ -240,7 +255,7 @@ def measure_round_overhead(
         "combine_s": float(phase.get("combine_s", float("nan"))),
         "metrics_s": float(phase.get("metrics_s", float("nan"))),
         "host_pss_bytes": host_pss,
-        "measured_rounds": int(timed["round"].nunique()),
+        "measured_rounds": int(timed["turn"].nunique()) * (span if rounds > 1 else 1),
     }
     return summary, times
 
@@ -308,7 +323,7 @@ def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.Data
             if model != "minilm":
                 setting = f"{model}, {setting}"
             _say(f"overhead: {setting}")
-            s, times = measure_round_overhead(cfg, opts.rounds, pool, run_root)
+            s, times = measure_round_overhead(cfg, opts.rounds, pool, run_root, opts.span)
             frames.append(times)
             summaries.append((kind, s))
             bound = {"small": TARGETS["overhead_small"], "llm": TARGETS["overhead_llm"]}.get(

@@ -8,11 +8,13 @@ exist, calls are batched per host and round, and the driver reacts to completion
 operations reach its host in plan order (Ray keeps the order of calls from one caller). Two
 submission policies share everything else:
 
-- **barrier** (``sync``, ``deadline``): nothing of round t + 1 is submitted before round t is
-  logged and evaluated, and a round's combines wait until all of its local training is back,
-  so the phases of a round run in lock-step; ``train_s``, ``exchange_s``, ``combine_s``,
-  ``metrics_s`` and ``eval_s`` are wall seconds of those phases (``exchange_s``: the slowest
-  host's fetch of its inbox).
+- **barrier** (``sync``, ``deadline``): nothing of round t + 1 is submitted before every
+  combine of round t is back, and a round's combines wait until all of its local training
+  is back, so the phases of a round run in lock-step; round t + 1's local steps queue on the
+  hosts behind round t's metric sums and evaluations, so the driver's own work overlaps the
+  hosts'. ``train_s``, ``exchange_s``, ``combine_s``, ``metrics_s`` and ``eval_s`` are wall
+  seconds of those phases (``exchange_s``: the slowest host's fetch of its inbox); a round
+  counts from when the previous one closed, so the rounds tile the wall clock.
 - **dataflow** (``async``, ``bounded``): no barrier; a slow host holds back only the nodes
   whose inboxes name its messages. Rounds overlap, so the phase times are sums of the hosts'
   busy seconds for that round's calls, and ``round_wall_s`` is the time between two rounds
@@ -131,6 +133,7 @@ class Executor:
         self._inflight: dict[Ticket, tuple[str, int]] = {}
         self._logged = self._closed = 0  # last round logged / logged and evaluated
         self._last_logged_at = time.perf_counter()
+        self._closed_at: float | None = None  # wall time the last round closed
         self._setup_logged = False
         self._slowest_round_s = 0.0
 
@@ -359,7 +362,7 @@ class Executor:
     def _wait(self, last: int, bar: Progress) -> None:
         for ticket in self.hosts.wait(list(self._inflight), self._timeout_s()):
             self._complete(ticket, *self._inflight.pop(ticket))
-        self._advance(last, bar)
+            self._advance(last, bar)  # a round closes before a later round's reply is seen
 
     def _timeout_s(self) -> float | None:
         """How long to wait for any answer before the hosts count as hung: the config's
@@ -397,7 +400,7 @@ class Executor:
         # barrier: one round at a time; dataflow: whatever is ready (a round can need
         # messages of later rounds of faster nodes)
         self._pull(self._closed + self.window_rounds)
-        gate = min(last, self._closed + 1) if self.barrier else self.plan.last_round
+        gate = min(last, self._barrier_gate()) if self.barrier else self.plan.last_round
         rejoins: dict[tuple[int, int], dict] = defaultdict(dict)  # (host, round) -> inboxes
         trains: dict[tuple[int, int], list[int]] = defaultdict(list)
         combines: dict[tuple[int, int], dict] = defaultdict(dict)
@@ -431,6 +434,21 @@ class Executor:
         for (k, t), inboxes in sorted(combines.items()):
             self._launch(self.hosts.combine(k, t, inboxes), "combine", t)
         return bool(rejoins or trains or combines)
+
+    def _barrier_gate(self) -> int:
+        """The last round a barrier run may submit: the one after the last logged round.
+
+        Its local steps need only the combined states, so they go to each host behind the
+        logged round's metric sums and evaluations (a host runs its calls in order) and start
+        as soon as that host is done with them, not once the driver has heard back from every
+        host: the driver's share of a round overlaps the hosts' training. Not while the
+        logged round's network average is still to be evaluated (it is submitted once the
+        sums are in, and would queue behind the training), and never more than one round
+        past the last closed one."""
+        r = self._rounds.get(self._logged)
+        if not self.hosts.concurrent or (r is not None and r.average and r.measured_at is None):
+            return self._closed + 1
+        return min(self._logged + 1, self._closed + 2)
 
     def _launch(self, ticket: Ticket, kind: str, t: int) -> None:
         self._inflight[ticket] = (kind, t)
@@ -671,9 +689,13 @@ class Executor:
         """Round t is logged and evaluated: its phase times, then flush."""
         r, now, when = self._rounds[t], time.perf_counter(), self.plan.round_end_s(t)
         if self.barrier:
+            # a round starts when it was submitted or, if that was earlier (it overlapped the
+            # previous round's metrics and evaluations), when the previous round closed: the
+            # rounds tile the wall clock and each one's phases add up to it
             started = r.started_at if r.started_at is not None else r.logged_at
-            trained = r.trained_at if r.trained_at is not None else started
-            combined = r.combined_at if r.combined_at is not None else trained
+            started = max(started, self._closed_at or started)
+            trained = max(r.trained_at or started, started)
+            combined = max(r.combined_at or trained, trained)
             phases = {
                 "train_s": trained - started,
                 "exchange_s": r.fetch_max_s,
@@ -694,6 +716,7 @@ class Executor:
             self._last_logged_at = r.logged_at
         for key, value in phases.items():
             self.log.add(t, NETWORK, key, value, when)
+        self._closed_at = now
         self.log.flush()
         del self._rounds[t]
         self.plan.forget_ends(t)

@@ -70,6 +70,9 @@ class HostGroup(ABC):
 
     errors: tuple[type[BaseException], ...] = (Exception,)  # what a failed call raises
     lost: tuple[type[BaseException], ...] = ()  # of which: the host process is gone
+    # calls run while the driver goes on (False: each runs to the end when it is made, so
+    # nothing can overlap the driver's work and the executor keeps rounds strictly apart)
+    concurrent: bool = True
 
     def __init__(self, blocks: list[list[int]]) -> None:
         self.blocks = blocks
@@ -177,7 +180,8 @@ class HostGroup(ABC):
                 "hung hosts (cluster.call_timeout_s sets the limit)",
                 lost=True,
             )
-        return [by_handle[h] for h in done]
+        ready = set(done)
+        return [by_handle[h] for h in by_handle if h in ready]  # in the order of ``tickets``
 
     def result(self, ticket: Ticket) -> Any:
         """The reply of a finished call; a failure becomes one :class:`HostError`."""

@@ -50,6 +50,8 @@ class _Done:
 
 
 class LocalHostGroup(HostGroup):
+    concurrent = False
+
     def __init__(self, services: list[HostService], blocks: list[list[int]]) -> None:
         super().__init__(blocks)
         self.services = services

@@ -13,7 +13,10 @@ every network metric of one module is a function of sums over the n nodes:
 
 (F- a node's state after its local steps, F+ after combining.) The shift keeps the squared
 terms small near consensus, so their difference does not cancel catastrophically; it is
-exactly 0 for nodes equal to node 0.
+exactly 0 for nodes equal to node 0. A sum that is multiplied out (below) is taken unshifted,
+as one GEMM sum_i B_i A_i from which m B_0 A_0 (or, for the drift, the same GEMM of the states
+before) is subtracted: one GEMM fewer than the shifted pairs, and the difference of two dense
+d x k sums loses only the rounding of ||P||, not of the squared norms.
 
 A sum of products is a :class:`LowRank`: a dense d x k part plus factors B (d, R) A (R, k).
 It stays factored while R (d + k) < d k and is multiplied out once it is wider than the layer,
@@ -182,8 +185,16 @@ def group_sums(
         + ((B_0.mT @ B_0) * (dA @ dA.mT)).sum(dim=(-2, -1))
     ).clamp_min(0.0)  # (M, m)
     sum_dA = dA.sum(dim=-3)  # (M, r, k)
-    # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i]
-    product = LowRank.of_pairs([(wide(dB), tall(A)), (B_0[..., 0, :, :], sum_dA)])
+    m, (d, r), k = B.shape[-3], B.shape[-2:], A.shape[-1]
+    dense = (m + 1) * r * (d + k) >= d * k  # the rule of LowRank.of_pairs for these pairs
+    after = wide(B) @ tall(A) if dense else None  # sum_i B_i A_i, (M, d, k)
+    if dense:  # sum_i X_i = sum_i B_i A_i - m B_0 A_0: one GEMM, shared with the drift
+        after_0 = after - m * (B_0[..., 0, :, :] @ A_0[..., 0, :, :])
+        product = LowRank(
+            after_0.numpy(), np.zeros((*after.shape[:-1], 0)), np.zeros((*after.shape[:-2], 0, k))
+        )
+    else:  # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i], small terms only
+        product = LowRank.of_pairs([(wide(dB), tall(A)), (B_0[..., 0, :, :], sum_dA)])
     out = GroupSums(
         tuple(modules),
         B.shape[-3],
@@ -196,13 +207,18 @@ def group_sums(
     )
     if B_before is None or A_before is None:
         return out
-    # (B+ - B-) A+ + B- (A+ - A-), exactly 0 for a node that did not change
     step_B, step_A = B - B_before, A - A_before
+    moved = (step_B != 0).any(dim=(-2, -1)) | (step_A != 0).any(dim=(-2, -1))  # (M, m)
+    if dense and bool(moved.all()):  # sum_i B+_i A+_i - sum_i B-_i A-_i: one more GEMM
+        drift = after - wide(B_before) @ tall(A_before)
+        drift_product = LowRank(drift.numpy(), product.B, product.A)
+    else:  # (B+ - B-) A+ + B- (A+ - A-): exactly 0 for a node that did not change
+        drift_product = LowRank.of_pairs([(wide(step_B), tall(A)), (wide(B_before), tall(step_A))])
     return replace(
         out,
         drift_A=step_A.sum(dim=-3).numpy(),
         drift_B=step_B.sum(dim=-3).numpy(),
-        drift_product=LowRank.of_pairs([(wide(step_B), tall(A)), (wide(B_before), tall(step_A))]),
+        drift_product=drift_product,
     )
 
 
