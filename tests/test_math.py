@@ -236,6 +236,30 @@ def test_tsvd_factored_matches_dense(shape):
         assert q == m * r and np.all(fac.S[q:] == 0) and fac.tail_energy == 0.0
 
 
+def test_stacked_tsvd_takes_reflector_vectors_where_the_kept_spectrum_is_tiny():
+    """A batch of two products: a generic one (its vectors by GEMM) and one of rank 2 asked
+    for rank 4, whose last kept singular values are rounding noise: dividing by them would
+    give garbage, so its vectors come from the QR's reflectors and stay orthonormal."""
+    import torch
+
+    from decaf_ray.math.stacked import SEPARATED, tsvd_stacked
+
+    rng = np.random.default_rng(11)
+    d, k, R, rank = 14, 11, 6, 4
+    B_cat, A_cat = rng.normal(size=(2, d, R)), rng.normal(size=(2, R, k))
+    B_cat[1, :, 2:] = B_cat[1, :, :2] @ rng.normal(size=(2, R - 2))  # P_1 has rank 2
+    U, S, Vh, s = (x.numpy() for x in tsvd_stacked(torch.tensor(B_cat), torch.tensor(A_cat), rank))
+    assert s[0, rank - 1] > SEPARATED * s[0, 0] and s[1, rank - 1] < SEPARATED * s[1, 0]
+    for j in range(2):
+        P = B_cat[j] @ A_cat[j]
+        want = tsvd_dense(P, rank)
+        np.testing.assert_allclose(S[j], want.S, atol=1e-12 * np.linalg.norm(P))
+        got = (U[j] * S[j]) @ Vh[j]
+        np.testing.assert_allclose(got, reconstruct(want), atol=1e-11 * np.linalg.norm(P))
+        np.testing.assert_allclose(U[j].T @ U[j], np.eye(rank), atol=1e-12)
+        np.testing.assert_allclose(Vh[j] @ Vh[j].T, np.eye(rank), atol=1e-12)
+
+
 def test_tsvd_factored_skips_zero_weights_and_handles_all_zero():
     rng = np.random.default_rng(6)
     Bs, As = random_factors(rng, 4, 10, 9, 2)

@@ -89,18 +89,43 @@ def _qr_pair(B_cat: Tensor, A_cat: Tensor) -> tuple[_QR, _QR]:
     return _qr(B_cat), _qr(A_cat.mT)  # R_B (..., p_B, R), R_A (..., p_A, R)
 
 
-def _truncate(qr_B: _QR, qr_A: _QR, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rank-``rank`` TSVD from the QR pair via the SVD of the small core R_B R_A^T."""
+SEPARATED = 1e-6  # kept singular values above this fraction of the top one: vectors by GEMM
+
+
+def _truncate(
+    qr_B: _QR, qr_A: _QR, rank: int, B_cat: Tensor, A_cat: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank-``rank`` TSVD from the QR pair via the SVD of the small core R_B R_A^T.
+
+    The singular vectors are U = P V S^-1 = B_cat R_A^T V_c S^-1 and
+    Vh = S^-1 U^T P = S^-1 U_c^T R_B A_cat: two GEMMs on the stacks, where applying Q_B and
+    Q_A's reflectors (ormqr) costs a LAPACK call per matrix. Their error is about the rounding
+    of ||P|| over the smallest kept singular value, so an entry whose kept spectrum falls
+    below :data:`SEPARATED` of its top value (a product of lower rank, a zero one) takes the
+    reflectors' exactly orthonormal vectors instead."""
     U_c, s, Vh_c = torch.linalg.svd(qr_B.R @ qr_A.R.mT, full_matrices=False)
     q = min(rank, s.shape[-1])
     lead, d, k = qr_B.a.shape[:-2], qr_B.a.shape[-2], qr_A.a.shape[-2]
     U = qr_B.a.new_zeros(*lead, d, rank)
     S = qr_B.a.new_zeros(*lead, rank)
     Vh = qr_B.a.new_zeros(*lead, rank, k)
-    U[..., :q] = _times_q(qr_B, U_c[..., :q])  # Q_B U_c
     S[..., :q] = s[..., :q]
-    Vh[..., :q, :] = _times_q(qr_A, Vh_c[..., :q, :].mT).mT  # (Q_A V_c)^T
+    if q == 0:
+        return U, S, Vh, s
+    s_q = s[..., :q]
+    far = s_q.clamp_min(torch.finfo(s.dtype).tiny)
+    U[..., :q] = B_cat @ (qr_A.R.mT @ Vh_c[..., :q, :].mT) / far.unsqueeze(-2)
+    Vh[..., :q, :] = (U_c[..., :q].mT @ qr_B.R) @ A_cat / far.unsqueeze(-1)
+    close = s_q[..., -1] <= SEPARATED * s[..., 0]  # (...): tiny or zero kept values
+    if bool(close.any()):
+        U[close, :, :q] = _times_q(_pick(qr_B, close), U_c[close][..., :q])  # Q_B U_c
+        Vh[close, :q, :] = _times_q(_pick(qr_A, close), Vh_c[close][..., :q, :].mT).mT
     return U, S, Vh, s
+
+
+def _pick(qr: _QR, mask: Tensor) -> _QR:
+    """The entries ``mask`` selects of a batched QR."""
+    return _QR(qr.a[mask], qr.tau[mask], qr.R[mask])
 
 
 def tsvd_stacked(B_cat: Tensor, A_cat: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -112,7 +137,7 @@ def tsvd_stacked(B_cat: Tensor, A_cat: Tensor, rank: int) -> tuple[Tensor, Tenso
     Returns U (..., d, rank), S (..., rank), Vh (..., rank, k), zero-padded past the rank of
     P, and the whole spectrum s (..., min(d, k, R)) in descending order.
     """
-    return _truncate(*_qr_pair(B_cat, A_cat), rank)
+    return _truncate(*_qr_pair(B_cat, A_cat), rank, B_cat, A_cat)
 
 
 def tsvd_and_interference_stacked(
@@ -130,7 +155,7 @@ def tsvd_and_interference_stacked(
     Returns U, S, Vh, s as :func:`tsvd_stacked` and the interference norms (...).
     """
     qr_B, qr_A = _qr_pair(B_cat, A_cat)
-    return (*_truncate(qr_B, qr_A, rank), _gap(qr_B, qr_A, w))
+    return (*_truncate(qr_B, qr_A, rank, B_cat, A_cat), _gap(qr_B, qr_A, w))
 
 
 def interference_cat_stacked(B_cat: Tensor, A_cat: Tensor, w: Tensor) -> Tensor:
