@@ -100,6 +100,7 @@ def _simulate(
             file=sys.stderr,
         )
         del saved  # the driver's copy of every adapter: free it before the run goes on
+        checkpoint.release_heap()
     sim.run(checkpoint=lambda t: save_checkpoint(cfg, sim, run_dir, t))
     save_adapters(cfg, sim.final_states(), hosts, run_dir, sim.rank)
     return log.frame()
@@ -123,6 +124,7 @@ def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int
         cfg.checkpoint.keep,
         sim.hosts.base_snapshot(),
     )
+    checkpoint.release_heap()  # the snapshots above are freed: give their pages back
     when = sim.plan.round_end_s(round_idx)
     sim.log.add(round_idx, NETWORK, "checkpoint_s", time.perf_counter() - t0, when)
     sim.log.add(round_idx, NETWORK, "checkpoint_mb", checkpoint.size_bytes(folder) / 2**20, when)

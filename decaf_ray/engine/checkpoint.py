@@ -29,8 +29,10 @@ parameters on the host, two AdamW moments), about 1.2 MB for MiniLM with r = 8.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +248,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def release_heap() -> None:
+    """Hand the driver's free heap back to the kernel (glibc ``malloc_trim``) once a
+    checkpoint's values are dropped.
+
+    Writing (or reading) a checkpoint brings every node's state to the driver as thousands
+    of small tensors, about 1.2 MB a MiniLM node; once they are freed, glibc keeps the pages
+    (live objects allocated in between pin the heap), so a sweep's next run starts at the
+    checkpoint's high-water mark: with 1,024 nodes, 1.9 GiB of USS instead of 0.5 (the trim
+    takes 0.2 s). A no-op off glibc."""
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def size_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
@@ -258,6 +273,7 @@ __all__: list[Any] = [
     "latest",
     "latest_meta",
     "load",
+    "release_heap",
     "save",
     "saved_rounds",
 ]
