@@ -117,7 +117,7 @@ def save_checkpoint(cfg: RunConfig, sim: Executor, run_dir: Path, round_idx: int
         to_dict(cfg),
         round_idx,
         round_idx == sim.plan.last_round,
-        sim.hosts.snapshot(),
+        sim.hosts.snapshots(),  # host by host: one host's share on the driver at a time
         sim.held_values(),
         sim.bookkeeping(),
         sim.log.parts + 1,

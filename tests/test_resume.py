@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import comparable, tiny_config
@@ -99,9 +100,53 @@ def test_checkpoints_are_whole_pruned_and_versioned(tmp_path):
     (tmp_path / "checkpoints" / ".round-000004.tmp").mkdir()  # a write killed half-way
     assert checkpoint.latest(tmp_path).round_idx == 3
     meta = tmp_path / "checkpoints" / "round-000003" / "meta.json"
-    meta.write_text(meta.read_text().replace('"version": 1', '"version": 99'))
+    meta.write_text(meta.read_text().replace(f'"version": {checkpoint.VERSION}', '"version": 99'))
     with pytest.raises(checkpoint.CheckpointError, match="version 99"):
         checkpoint.latest(tmp_path)
+
+
+def test_a_checkpoint_writes_each_hosts_nodes_apart_and_reads_format_1(tmp_path):
+    """Host by host (what a run saves): one nodes file per host, fetched as it is written;
+    read back they are every node's snapshot. A format-1 checkpoint (one nodes file) reads
+    the same."""
+    import json
+
+    cfg = tiny_config(topology__n=6)
+    prep = prepare(cfg)
+    hosts = start_local_hosts(cfg, prep)
+    assert len(hosts.blocks) == 2
+    sim = Executor(cfg, prep, hosts, MetricsLog(tmp_path))
+    sim.run(until_round=1)
+    fetched = []
+
+    def one_at_a_time():
+        for block in hosts.snapshots():
+            fetched.append(sorted(block))
+            yield block
+
+    args = (sim.held_values(), sim.bookkeeping(), 3, 1)
+    folder = checkpoint.save(tmp_path, to_dict(cfg), 1, False, one_at_a_time(), *args)
+    assert fetched == [sorted(b) for b in hosts.blocks]
+    assert sorted(p.name for p in folder.glob("nodes*")) == [
+        "nodes-0000.safetensors",
+        "nodes-0001.safetensors",
+    ]
+    want = hosts.snapshot()
+
+    def same(back):
+        assert set(back.nodes) == set(want)
+        for i, (tensors, meta) in want.items():
+            assert back.nodes[i][1] == json.loads(json.dumps(meta))
+            assert set(back.nodes[i][0]) == set(tensors)
+            for name, t in tensors.items():
+                assert torch.equal(back.nodes[i][0][name], t), (i, name)
+
+    same(checkpoint.load(folder))
+    old = checkpoint.save(tmp_path / "v1", to_dict(cfg), 1, False, want, *args)
+    (old / "nodes-0000.safetensors").rename(old / "nodes.safetensors")
+    meta = old / "meta.json"
+    meta.write_text(meta.read_text().replace(f'"version": {checkpoint.VERSION}', '"version": 1'))
+    same(checkpoint.load(old))
 
 
 def test_a_node_snapshot_round_trips_its_whole_future(tmp_path):

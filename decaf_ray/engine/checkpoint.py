@@ -1,12 +1,15 @@
 """Checkpoints: the whole simulation at the end of a round, so a stopped run can go on.
 
-A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of three files (four with FLoRA):
+A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of these files:
 
 - ``meta.json``: the format version, the round, whether the run was complete, the config it
   was made with, how many metrics parts were written by then, the executor's place in its
   plan, each node's sampler generator state, and the order of every adapter's tensors;
-- ``nodes.safetensors``: each node's private state on its host (parameters, AdamW moments,
-  the sampler's pending order), keys ``<node>/<name>``;
+- ``nodes-<host>.safetensors``: each node's private state on its host (parameters, AdamW
+  moments, the sampler's pending order), keys ``<node>/<name>``, one file per host: the
+  driver fetches, writes and lets go of one host's share at a time, so a checkpoint's
+  memory on the driver is one host's nodes, not the network's (format 1: one
+  ``nodes.safetensors``, still read);
 - ``values.safetensors``: what the executor still holds for later operations: each node's
   latest state, older states a pending rejoin reads, and in async modes the states and
   messages of nodes that ran ahead, keys ``<kind>/<node>/<round>/<A|B|extra>/<name>``;
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,8 @@ from safetensors.torch import load_file, save_file
 
 from decaf_ray.algorithms import Adapter
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # format versions this code reads
 FOLDER = "checkpoints"
 PARTS = ("A", "B", "extra")
 
@@ -60,6 +65,7 @@ MAY_CHANGE = (
 )
 
 Values = dict[str, dict[tuple[int, int], Adapter]]  # kind -> (node, round) -> adapter
+Snapshots = dict[int, tuple[dict[str, torch.Tensor], dict]]  # node -> NodeState.snapshot()
 
 
 class CheckpointError(ValueError):
@@ -100,21 +106,32 @@ def save(
     config: dict,
     round_idx: int,
     complete: bool,
-    nodes: dict[int, tuple[dict[str, torch.Tensor], dict]],
+    nodes: Snapshots | Iterable[Snapshots],
     values: Values,
     book: dict,
     parts: int,
     keep: int,
     base: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write one checkpoint atomically, prune to the latest ``keep``; its folder."""
+    """Write one checkpoint atomically, prune to the latest ``keep``; its folder.
+
+    ``nodes``: the nodes' snapshots, or an iterable of them per host (e.g.
+    :meth:`~decaf_ray.engine.hosts.HostGroup.snapshots`, which fetches each host's as it is
+    asked for): each is written to a file of its own and dropped before the next."""
     final = folder_of(run_dir, round_idx)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    node_tensors = {
-        f"{i}/{name}": t.contiguous() for i, (ts, _) in nodes.items() for name, t in ts.items()
-    }
+    files, node_meta = [], {}
+    for k, block in enumerate([nodes] if isinstance(nodes, dict) else nodes):
+        name = f"nodes-{k:04d}.safetensors"
+        tensors = {
+            f"{i}/{n}": t.contiguous() for i, (ts, _) in block.items() for n, t in ts.items()
+        }
+        save_file(tensors, str(tmp / name))
+        node_meta.update({str(i): m for i, (_, m) in block.items()})
+        files.append(name)
+        del tensors, block  # before the next host's share arrives
     value_tensors, layouts, index = {}, [], {}
     aliases: dict[str, str] = {}  # a tensor held twice (a state's B, also in its message)
     seen: dict[int, str] = {}
@@ -139,19 +156,18 @@ def save(
         "parts": parts,
         "config": config,
         "executor": book,
-        "nodes": {str(i): m for i, (_, m) in nodes.items()},
+        "nodes": node_meta,
         "layouts": layouts,
         "values": index,
         "aliases": aliases,
     }
-    save_file(node_tensors, str(tmp / "nodes.safetensors"))
     save_file(value_tensors, str(tmp / "values.safetensors"))
-    names = ["nodes.safetensors", "values.safetensors", "meta.json"]
+    files += ["values.safetensors", "meta.json"]
     if base:  # the update merged into the base model (FLoRA)
         save_file({k: t.contiguous() for k, t in base.items()}, str(tmp / "base.safetensors"))
-        names.append("base.safetensors")
+        files.append("base.safetensors")
     (tmp / "meta.json").write_text(json.dumps(meta))
-    for name in names:
+    for name in files:
         _fsync(tmp / name)
     if final.exists():  # a checkpoint of this round from before a resume: replace it
         shutil.rmtree(final)
@@ -167,12 +183,14 @@ def load(path: Path) -> Checkpoint:
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READS:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} has format version {meta.get('version')!r}; this "
-                f"decaf-ray reads version {VERSION}: resume it with the version that wrote it"
+                f"decaf-ray reads versions {', '.join(map(str, READS))}: resume it with the "
+                "version that wrote it"
             )
-        node_tensors = load_file(str(path / "nodes.safetensors"))
+        files = sorted(path.glob("nodes-*.safetensors")) or [path / "nodes.safetensors"]
+        node_tensors = {k: t for f in files for k, t in load_file(str(f)).items()}
         value_tensors = load_file(str(path / "values.safetensors"))
         merged = path / "base.safetensors"
         base = load_file(str(merged)) if merged.exists() else {}

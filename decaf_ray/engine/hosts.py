@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from operator import add
@@ -241,6 +241,17 @@ class HostGroup(ABC):
         """Every node's private state (parameters, optimizer, sampler), for a checkpoint."""
         replies = self._on_every_host("checkpoint", "snapshot", lambda block: (block,))
         return {i: snap for snaps in replies for i, snap in snaps.items()}
+
+    def snapshots(self) -> Iterator[dict[int, tuple[dict, dict]]]:
+        """:meth:`snapshot` one host at a time: every host is asked at once, and each host's
+        reply is fetched only when the caller takes it (a checkpoint writes it and lets it go
+        first), so the driver holds one host's nodes, not all n."""
+        tickets = [
+            self._ticket("checkpoint", 0, block, self._call(k, "snapshot", block))
+            for k, block in enumerate(self.blocks)
+        ]
+        for ticket in tickets:
+            yield self.result(ticket)
 
     def restore(self, snapshots: dict[int, tuple[dict, dict]]) -> None:
         """Set every node back to its state in ``snapshots`` (after :meth:`setup`)."""
