@@ -106,9 +106,9 @@ def test_checkpoints_are_whole_pruned_and_versioned(tmp_path):
 
 
 def test_a_checkpoint_writes_each_hosts_nodes_apart_and_reads_format_1(tmp_path):
-    """Host by host (what a run saves): one nodes file per host, fetched as it is written;
-    read back they are every node's snapshot. A format-1 checkpoint (one nodes file) reads
-    the same."""
+    """A few nodes at a time (what a run saves): one nodes file per run of a host's nodes,
+    each fetched only once the previous one is written; read back they are every node's
+    snapshot. A format-1 checkpoint (one nodes file) reads the same."""
     import json
 
     cfg = tiny_config(topology__n=6)
@@ -120,16 +120,16 @@ def test_a_checkpoint_writes_each_hosts_nodes_apart_and_reads_format_1(tmp_path)
     fetched = []
 
     def one_at_a_time():
-        for block in hosts.snapshots():
+        for block in hosts.snapshots(nodes=2):
             fetched.append(sorted(block))
             yield block
 
     args = (sim.held_values(), sim.bookkeeping(), 3, 1)
     folder = checkpoint.save(tmp_path, to_dict(cfg), 1, False, one_at_a_time(), *args)
-    assert fetched == [sorted(b) for b in hosts.blocks]
+    runs = [sorted(b[s : s + 2]) for b in hosts.blocks for s in range(0, len(b), 2)]
+    assert fetched == runs and len(runs) == 4
     assert sorted(p.name for p in folder.glob("nodes*")) == [
-        "nodes-0000.safetensors",
-        "nodes-0001.safetensors",
+        f"nodes-{k:04d}.safetensors" for k in range(4)
     ]
     want = hosts.snapshot()
 

@@ -5,11 +5,11 @@ A checkpoint is a folder ``<run>/checkpoints/round-000010/`` of these files:
 - ``meta.json``: the format version, the round, whether the run was complete, the config it
   was made with, how many metrics parts were written by then, the executor's place in its
   plan, each node's sampler generator state, and the order of every adapter's tensors;
-- ``nodes-<host>.safetensors``: each node's private state on its host (parameters, AdamW
-  moments, the sampler's pending order), keys ``<node>/<name>``, one file per host: the
-  driver fetches, writes and lets go of one host's share at a time, so a checkpoint's
-  memory on the driver is one host's nodes, not the network's (format 1: one
-  ``nodes.safetensors``, still read);
+- ``nodes-<k>.safetensors``: each node's private state on its host (parameters, AdamW
+  moments, the sampler's pending order), keys ``<node>/<name>``, one file per run of a
+  host's nodes: the driver fetches, writes and lets go of one run at a time, so a
+  checkpoint's memory on the driver is a few hundred nodes' state, not the network's
+  (format 1: one ``nodes.safetensors``, still read);
 - ``values.safetensors``: what the executor still holds for later operations: each node's
   latest state, older states a pending rejoin reads, and in async modes the states and
   messages of nodes that ran ahead, keys ``<kind>/<node>/<round>/<A|B|extra>/<name>``;
@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from decaf_ray.algorithms import Adapter
@@ -115,9 +117,11 @@ def save(
 ) -> Path:
     """Write one checkpoint atomically, prune to the latest ``keep``; its folder.
 
-    ``nodes``: the nodes' snapshots, or an iterable of them per host (e.g.
-    :meth:`~decaf_ray.engine.hosts.HostGroup.snapshots`, which fetches each host's as it is
-    asked for): each is written to a file of its own and dropped before the next."""
+    ``nodes``: the nodes' snapshots, or an iterable of parts of them (e.g.
+    :meth:`~decaf_ray.engine.hosts.HostGroup.snapshots`, which fetches each part as it is
+    asked for): each is written to a file of its own and dropped before the next. The held
+    values are written from their numpy arrays as they are (read-only arrays from the
+    object store included): no copy of them besides the file's."""
     final = folder_of(run_dir, round_idx)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +152,7 @@ def save(
                     aliases[key] = seen[id(array)]
                     continue
                 seen[id(array)] = key
-                value_tensors[key] = torch.from_numpy(np.require(array, requirements=["C", "W"]))
+                value_tensors[key] = np.ascontiguousarray(array)
     meta = {
         "version": VERSION,
         "round": round_idx,
@@ -161,7 +165,7 @@ def save(
         "values": index,
         "aliases": aliases,
     }
-    save_file(value_tensors, str(tmp / "values.safetensors"))
+    save_numpy(value_tensors, str(tmp / "values.safetensors"))
     files += ["values.safetensors", "meta.json"]
     if base:  # the update merged into the base model (FLoRA)
         save_file({k: t.contiguous() for k, t in base.items()}, str(tmp / "base.safetensors"))
@@ -191,7 +195,7 @@ def load(path: Path) -> Checkpoint:
             )
         files = sorted(path.glob("nodes-*.safetensors")) or [path / "nodes.safetensors"]
         node_tensors = {k: t for f in files for k, t in load_file(str(f)).items()}
-        value_tensors = load_file(str(path / "values.safetensors"))
+        value_tensors = load_numpy(str(path / "values.safetensors"))
         merged = path / "base.safetensors"
         base = load_file(str(merged)) if merged.exists() else {}
     except (OSError, json.JSONDecodeError, KeyError) as exc:
@@ -208,7 +212,7 @@ def load(path: Path) -> Checkpoint:
             parts: dict[str, dict[str, np.ndarray]] = {part: {} for part in PARTS}
             for part, name in meta["layouts"][layout]:
                 key = f"{kind}/{i}/{r}/{part}/{name}"
-                parts[part][name] = value_tensors[aliases.get(key, key)].numpy()
+                parts[part][name] = value_tensors[aliases.get(key, key)]
             values[kind][(i, r)] = Adapter(**parts)
     return Checkpoint(
         path,

@@ -242,16 +242,16 @@ class HostGroup(ABC):
         replies = self._on_every_host("checkpoint", "snapshot", lambda block: (block,))
         return {i: snap for snaps in replies for i, snap in snaps.items()}
 
-    def snapshots(self) -> Iterator[dict[int, tuple[dict, dict]]]:
-        """:meth:`snapshot` one host at a time: every host is asked at once, and each host's
-        reply is fetched only when the caller takes it (a checkpoint writes it and lets it go
-        first), so the driver holds one host's nodes, not all n."""
-        tickets = [
-            self._ticket("checkpoint", 0, block, self._call(k, "snapshot", block))
-            for k, block in enumerate(self.blocks)
-        ]
-        for ticket in tickets:
-            yield self.result(ticket)
+    def snapshots(self, nodes: int = 256) -> Iterator[dict[int, tuple[dict, dict]]]:
+        """:meth:`snapshot` a few at a time: each host's nodes in runs of at most ``nodes``,
+        each asked for only when the caller takes the previous one (a checkpoint writes it
+        and lets it go first), so the driver holds one run of nodes, not all n."""
+        for k, block in enumerate(self.blocks):
+            for start in range(0, len(block), nodes):
+                ids = block[start : start + nodes]
+                yield self.result(
+                    self._ticket("checkpoint", 0, ids, self._call(k, "snapshot", ids))
+                )
 
     def restore(self, snapshots: dict[int, tuple[dict, dict]]) -> None:
         """Set every node back to its state in ``snapshots`` (after :meth:`setup`)."""
