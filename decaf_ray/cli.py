@@ -110,11 +110,14 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--batch-size", type=int, default=d.batch_size)
     b.add_argument("--local-steps", type=int, default=d.local_steps, help="tau per round")
     b.add_argument(
-        "--rounds", type=int, default=d.rounds, help="turns per size (1st: one warm-up round)"
+        "--rounds",
+        type=_at_least_1,
+        default=d.rounds,
+        help="turns per size (1st: one warm-up round)",
     )
     b.add_argument(
         "--span",
-        type=int,
+        type=_at_least_1,
         default=d.span,
         help="rounds the simulator and each floor run in a row per turn: a run overlaps a "
         "round's metrics with the next round's training, which 1 (round by round) hides",
@@ -265,6 +268,17 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
         "(mixing 'edge_weights' reads the 'weight' attribute)"
     )
     return 0
+
+
+def _at_least_1(text: str) -> int:
+    """An integer option that counts something (rounds, turns): 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from decaf_ray.bench.options import BenchOptions
 from decaf_ray.bench.overhead import (
     bench_config,
@@ -43,6 +45,10 @@ def test_cli_parses_bench_options():
     args = _parser().parse_args(["bench", "--nodes", "16", "64", "256", "--small-nodes"])
     assert args.nodes == [16, 64, 256] and args.small_nodes == [] and args.max_length == 64
     assert args.span == 2 and _parser().parse_args(["bench", "--span", "1"]).span == 1
+    for bad in (["--span", "0"], ["--rounds", "-1"], ["--span", "two"]):
+        with pytest.raises(SystemExit) as stop:  # argparse: one line naming the value, exit 2
+            _parser().parse_args(["bench", *bad])
+        assert stop.value.code == 2
 
 
 def test_llm_bench_config_is_smollm2_as_a_causal_lm_without_chat_template():
