@@ -135,7 +135,7 @@ def save(
         save_file(tensors, str(tmp / name))
         node_meta.update({str(i): m for i, (_, m) in block.items()})
         files.append(name)
-        del tensors, block  # before the next host's share arrives
+        del tensors, block  # before the next run of nodes arrives
     value_tensors, layouts, index = {}, [], {}
     aliases: dict[str, str] = {}  # a tensor held twice (a state's B, also in its message)
     seen: dict[int, str] = {}
