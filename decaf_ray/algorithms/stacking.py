@@ -106,10 +106,15 @@ def concat_inboxes(
     As = torch.from_numpy(
         np.stack([[pad_rank(a.A[m], "A", r) for m in modules] for a in distinct]).astype(np.float64)
     )  # (D, M, r, k)
-    N, m = index.shape
-    B = Bs[index] * w.reshape(N, m, 1, 1, 1)  # (N, m, M, d, r)
-    B_cat = B.permute(0, 2, 3, 1, 4).reshape(N, len(modules), B.shape[-2], m * r)
-    A_cat = As[index].transpose(1, 2).reshape(N, len(modules), m * r, As.shape[-1])
+    # Each block is written once into its place: gathering (N, m, ...) stacks first and then
+    # permuting them would pass over the (large, memory-bound) stacks three times.
+    (N, m), (M, d, _), k = index.shape, Bs.shape[1:], As.shape[-1]
+    B_cat = Bs.new_empty(N, M, d, m * r)
+    A_cat = As.new_empty(N, M, m * r, k)
+    for j in range(m):
+        at = slice(j * r, (j + 1) * r)
+        torch.mul(Bs[index[:, j]], w[:, j].reshape(N, 1, 1, 1), out=B_cat[..., at])
+        A_cat[..., at, :] = As[index[:, j]]
     return B_cat, A_cat
 
 

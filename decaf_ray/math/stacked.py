@@ -106,16 +106,18 @@ def _truncate(
     U_c, s, Vh_c = torch.linalg.svd(qr_B.R @ qr_A.R.mT, full_matrices=False)
     q = min(rank, s.shape[-1])
     lead, d, k = qr_B.a.shape[:-2], qr_B.a.shape[-2], qr_A.a.shape[-2]
-    U = qr_B.a.new_zeros(*lead, d, rank)
     S = qr_B.a.new_zeros(*lead, rank)
-    Vh = qr_B.a.new_zeros(*lead, rank, k)
     S[..., :q] = s[..., :q]
-    if q == 0:
-        return U, S, Vh, s
     s_q = s[..., :q]
     far = s_q.clamp_min(torch.finfo(s.dtype).tiny)
-    U[..., :q] = B_cat @ (qr_A.R.mT @ Vh_c[..., :q, :].mT) / far.unsqueeze(-2)
-    Vh[..., :q, :] = (U_c[..., :q].mT @ qr_B.R) @ A_cat / far.unsqueeze(-1)
+    # the S^-1 scales the small R x q factors, so each stack is passed over once, by a GEMM
+    U = B_cat @ (qr_A.R.mT @ (Vh_c[..., :q, :].mT / far.unsqueeze(-2)))  # (..., d, q)
+    Vh = ((U_c[..., :q] / far.unsqueeze(-2)).mT @ qr_B.R) @ A_cat  # (..., q, k)
+    if q < rank:  # zero-padded past the rank of P
+        U = torch.cat([U, U.new_zeros(*lead, d, rank - q)], dim=-1)
+        Vh = torch.cat([Vh, Vh.new_zeros(*lead, rank - q, k)], dim=-2)
+    if q == 0:
+        return U, S, Vh, s
     close = s_q[..., -1] <= SEPARATED * s[..., 0]  # (...): tiny or zero kept values
     if bool(close.any()):
         U[close, :, :q] = _times_q(_pick(qr_B, close), U_c[close][..., :q])  # Q_B U_c

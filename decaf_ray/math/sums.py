@@ -176,50 +176,74 @@ def group_sums(
 ) -> GroupSums:
     """The sums over m nodes: B (M, m, d, r), A (M, m, r, k) float64; the reference
     B_0 (M, d, r), A_0 (M, r, k); the states before the combine likewise (or None)."""
-    B_0, A_0 = B_0.unsqueeze(-3), A_0.unsqueeze(-3)
-    dB, dA = B - B_0, A - A_0  # (M, m, d, r), (M, m, r, k)
+    m, (d, r), k = B.shape[-3], B.shape[-2:], A.shape[-1]
+    B_0, A_0 = B_0.contiguous(), A_0.contiguous()  # (M, d, r), (M, r, k)
+    dB, dA = B - B_0.unsqueeze(-3), A - A_0.unsqueeze(-3)  # (M, m, d, r), (M, m, r, k)
     # ||dB_i A_i + B_0 dA_i||^2 from r x r Grams, without stacking [dB_i, B_0] per node
     sq = (
         ((dB.mT @ dB) * (A @ A.mT)).sum(dim=(-2, -1))
-        + 2.0 * ((dB.mT @ B_0) * (A @ dA.mT)).sum(dim=(-2, -1))
-        + ((B_0.mT @ B_0) * (dA @ dA.mT)).sum(dim=(-2, -1))
+        + 2.0 * ((dB.mT @ B_0.unsqueeze(-3)) * (A @ dA.mT)).sum(dim=(-2, -1))
+        + ((B_0.mT @ B_0).unsqueeze(-3) * (dA @ dA.mT)).sum(dim=(-2, -1))
     ).clamp_min(0.0)  # (M, m)
     sum_dA = dA.sum(dim=-3)  # (M, r, k)
-    m, (d, r), k = B.shape[-3], B.shape[-2:], A.shape[-1]
     dense = (m + 1) * r * (d + k) >= d * k  # the rule of LowRank.of_pairs for these pairs
     after = wide(B) @ tall(A) if dense else None  # sum_i B_i A_i, (M, d, k)
+    drift = {}
+    if B_before is not None and A_before is not None:
+        drift = _drift(B, A, B_before, A_before, after)
     if dense:  # sum_i X_i = sum_i B_i A_i - m B_0 A_0: one GEMM, shared with the drift
-        after_0 = after - m * (B_0[..., 0, :, :] @ A_0[..., 0, :, :])
-        product = LowRank(
-            after_0.numpy(), np.zeros((*after.shape[:-1], 0)), np.zeros((*after.shape[:-2], 0, k))
-        )
+        product = _dense(after.baddbmm_(B_0, A_0, alpha=-float(m)))  # in place: the drift is done
     else:  # sum_i X_i = [dB_1 .. dB_m, B_0] [A_1; ..; A_m; sum_i dA_i], small terms only
-        product = LowRank.of_pairs([(wide(dB), tall(A)), (B_0[..., 0, :, :], sum_dA)])
-    out = GroupSums(
+        product = LowRank.of_pairs([(wide(dB), tall(A)), (B_0, sum_dA)])
+    return GroupSums(
         tuple(modules),
-        B.shape[-3],
+        m,
         sq.sum(dim=-1).numpy(),
         product,
-        dA.square().sum(dim=(-3, -2, -1)).numpy(),
+        _sq_sum(dA),
         sum_dA.numpy(),
-        dB.square().sum(dim=(-3, -2, -1)).numpy(),
+        _sq_sum(dB),
         dB.sum(dim=-3).numpy(),
+        **drift,
     )
-    if B_before is None or A_before is None:
-        return out
-    step_B, step_A = B - B_before, A - A_before
-    moved = (step_B != 0).any(dim=(-2, -1)) | (step_A != 0).any(dim=(-2, -1))  # (M, m)
-    if dense and bool(moved.all()):  # sum_i B+_i A+_i - sum_i B-_i A-_i: one more GEMM
-        drift = after - wide(B_before) @ tall(A_before)
-        drift_product = LowRank(drift.numpy(), product.B, product.A)
-    else:  # (B+ - B-) A+ + B- (A+ - A-): exactly 0 for a node that did not change
-        drift_product = LowRank.of_pairs([(wide(step_B), tall(A)), (wide(B_before), tall(step_A))])
-    return replace(
-        out,
-        drift_A=step_A.sum(dim=-3).numpy(),
-        drift_B=step_B.sum(dim=-3).numpy(),
-        drift_product=drift_product,
-    )
+
+
+def _sq_sum(x: torch.Tensor) -> np.ndarray:
+    """sum ||x_i||^2 over axis 1 and the matrix axes of x (M, m, a, b): (M,)."""
+    flat = x.reshape(x.shape[0], -1)
+    return torch.linalg.vecdot(flat, flat).numpy()
+
+
+def _dense(x: torch.Tensor) -> LowRank:
+    """A LowRank of the dense sums x (M, d, k) with no factors."""
+    *lead, d, k = x.shape
+    return LowRank(x.numpy(), np.zeros((*lead, d, 0)), np.zeros((*lead, 0, k)))
+
+
+def _drift(
+    B: torch.Tensor,
+    A: torch.Tensor,
+    B_before: torch.Tensor,
+    A_before: torch.Tensor,
+    after: torch.Tensor | None,
+) -> dict:
+    """The drift sums of :class:`GroupSums` between the states before (B-, A-) and after (B+,
+    A+) a combine; ``after`` sum_i B+_i A+_i (M, d, k) where the sums are dense, else None."""
+    if torch.equal(B, B_before) and torch.equal(A, A_before):  # nothing moved: exactly 0
+        (M, _, d, r), k = B.shape, A.shape[-1]
+        return {
+            "drift_A": np.zeros((M, r, k)),
+            "drift_B": np.zeros((M, d, r)),
+            "drift_product": LowRank(None, np.zeros((M, d, 0)), np.zeros((M, 0, k))),
+        }
+    drift_A = (A.sum(dim=-3) - A_before.sum(dim=-3)).numpy()  # n times the change of the
+    drift_B = (B.sum(dim=-3) - B_before.sum(dim=-3)).numpy()  # network means, as measured
+    if after is not None:  # sum_i B+_i A+_i - sum_i B-_i A-_i: one more GEMM
+        drift = torch.baddbmm(after, wide(B_before), tall(A_before), alpha=-1.0)
+        return {"drift_A": drift_A, "drift_B": drift_B, "drift_product": _dense(drift)}
+    step_B, step_A = B - B_before, A - A_before  # (B+ - B-) A+ + B- (A+ - A-), few terms
+    drift_product = LowRank.of_pairs([(wide(step_B), tall(A)), (wide(B_before), tall(step_A))])
+    return {"drift_A": drift_A, "drift_B": drift_B, "drift_product": drift_product}
 
 
 def _spread(sq: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
