@@ -117,6 +117,19 @@ def test_a_host_sends_at_most_a_dense_layer_per_sum():
     assert all(g.product.dense is None and g.product.rank == 12 for g in few.groups)
 
 
+def test_a_host_where_only_some_nodes_moved_measures_the_drift_of_the_rest():
+    """One host wide enough for the dense sums, four of its nine nodes unchanged by the
+    combine (a churned or isolated node): the drift equals the driver's reference."""
+    ranks = [4] * 9
+    before = _adapters(9, ranks, seed=8)
+    after = before[:4] + _adapters(9, ranks, seed=9, spread=0.3)[4:]
+    sums, _ = _on_hosts(after, before, [list(range(9))], 4)
+    assert all(g.drift_product.dense is not None for g in sums.groups)  # the dense path
+    got, want = network_metrics(sums), average_drift(before, after)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-10, abs=1e-12), key
+
+
 def test_identical_nodes_measure_exactly_zero():
     one = _adapters(1, [4], seed=4)[0]
     sums = network_sums([one] * 5, one, 4, [one] * 5)
