@@ -15,7 +15,7 @@ from decaf_ray.bench.overhead import (
     pss_bytes,
 )
 from decaf_ray.cli import _parser
-from tests.conftest import tiny_config
+from tests.conftest import host_of, tiny_config
 
 
 def test_tsvd_rows_time_both_paths_and_agree():
@@ -77,6 +77,48 @@ def test_overhead_times_turns_of_rounds_in_a_row(pool, tmp_path):
     s, times = measure_round_overhead(cfg, 3, pool, tmp_path, span=2)
     sim = times[times.who == "sim"]
     assert list(sim["turn"]) == [1, 2, 3] and list(sim["round"]) == [1, 3, 5]
-    assert set(times.who) == {"sim", *s["floors"]} and len(times) == 3 * len(set(times.who))
+    who = {"sim", *s["floors"], s["maths_floor_layout"]}
+    assert set(times.who) == who and len(times) == 3 * len(who)
+    assert s["maths_floor_s"] > 0 and "maths" in s["maths_floor_layout"]
     assert s["measured_rounds"] == 4 and s["sim_s"] > 0 and s["floor_s"] > 0
     assert s["sim_s"] == sim[sim.turn > 1].wall_s.median()
+
+
+def test_block_inboxes_stand_in_distinct_nodes_of_the_block_for_outside_neighbours():
+    from decaf_ray.bench.floor import block_inboxes
+    from decaf_ray.prepare import make_graph
+
+    _, Pi, _ = make_graph(tiny_config(topology__n=8))
+    blocks = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    inboxes = block_inboxes(Pi, blocks)
+    assert sorted(inboxes) == list(range(8))
+    for block in blocks:
+        for i in block:
+            ids = [j for _, j in inboxes[i]]
+            assert set(ids) <= set(block) and len(set(ids)) == len(ids) == 3  # self + 2 on a ring
+            assert sum(w for w, _ in inboxes[i]) == pytest.approx(1.0)
+            assert i in ids
+    assert dict((j, w) for w, j in inboxes[1]) == {0: 1 / 3, 1: 1 / 3, 2: 1 / 3}  # all inside
+
+
+def test_maths_floor_round_combines_the_nodes_as_the_algorithm_does():
+    """The floor with maths runs the algorithm's own combine: afterwards each node holds what
+    decaf's combine_all makes of its (stood-in) inbox."""
+    import numpy as np
+
+    from decaf_ray.algorithms import REGISTRY
+    from decaf_ray.bench.floor import _maths, block_inboxes
+
+    host, prep = host_of(tiny_config())
+    host.train(1)
+    inboxes = block_inboxes(prep.Pi, [[0, 1, 2, 3]])
+    before = {i: host.adapter(i) for i in inboxes}
+    want = REGISTRY["decaf"]().combine_all(
+        [before[i] for i in inboxes],
+        [[(w, before[j]) for w, j in inbox] for inbox in inboxes.values()],
+    )
+    _maths(host, inboxes, 1)
+    for i, (adapter, _) in zip(inboxes, want):
+        for m in adapter.modules:
+            np.testing.assert_allclose(host.adapter(i).B[m], adapter.B[m], rtol=1e-5, atol=1e-7)
+            assert not np.allclose(host.adapter(i).B[m], before[i].B[m])  # it did combine

@@ -6,7 +6,10 @@ Side by side in one run, on the same machine:
   :class:`~decaf_ray.engine.executor.Executor` run round by round on warm Ray hosts, ring,
   MiniLM + LoRA r = 8) over the *floor*, the same local steps (same model, shards, batches,
   steps) in plain torch with no Ray and no exchange (:mod:`decaf_ray.bench.floor`), in the
-  faster of its two layouts. Simulated and
+  faster of its two layouts. Beside it, the **engine overhead ratio** is over the floor *with
+  maths*: the same local steps plus the round's own maths (every node's combine and the
+  network metric sums) in plain processes, so what remains is Ray, the driver and the
+  scheduling alone. Simulated and
   floor turns are interleaved (the order rotates each turn); a turn is ``span`` rounds in a
   row, as a run goes (its rounds overlap: a round's metrics with the next one's training),
   timed per round. The first turn is one warm-up round; the medians of the others are
@@ -192,7 +195,7 @@ def measure_round_overhead(
     Returns a summary (medians over the turns after the warm-up, setup seconds, host PSS) and
     the per-turn times (``round``: the turn's last round).
     """
-    from decaf_ray.bench.floor import floor_layouts
+    from decaf_ray.bench.floor import floor_layouts, maths_floor
     from decaf_ray.engine.cluster import start_hosts
     from decaf_ray.engine.executor import Executor
     from decaf_ray.engine.log import NETWORK, MetricsLog
@@ -208,8 +211,9 @@ def measure_round_overhead(
     sim = Executor(cfg, prep, hosts, log, setup_s)
     spec, run = HostSpec.of(cfg, prep.num_labels), RunSpec.of(cfg, prep.choices, prep.pad_id)
     floors = floor_layouts(spec, run, prep.shards, prep.eval_set, hosts.blocks)
-    contenders = ["sim"] + [f.name for f in floors]
-    by_name = {f.name: f for f in floors}
+    maths = maths_floor(spec, run, prep.shards, prep.eval_set, hosts.blocks, prep.Pi)
+    contenders = ["sim"] + [f.name for f in floors] + [maths.name]
+    by_name = {f.name: f for f in [*floors, maths]}
     rows = []
     try:
         end = 0
@@ -234,7 +238,7 @@ def measure_round_overhead(
             )
         host_pss = pss_bytes([int(p["pid"]) for p in placement])
     finally:
-        for f in floors:
+        for f in [*floors, maths]:
             f.stop()
     times = pd.DataFrame(rows)
     timed = times[times["turn"] > 1] if rounds > 1 else times
@@ -251,6 +255,8 @@ def measure_round_overhead(
         "floor_s": float(med[floor_name]),
         "floor_layout": floor_name,
         "floors": {f.name: float(med[f.name]) for f in floors},
+        "maths_floor_s": float(med[maths.name]),
+        "maths_floor_layout": maths.name,
         "exchange_s": float(phase.get("exchange_s", float("nan"))),
         "combine_s": float(phase.get("combine_s", float("nan"))),
         "metrics_s": float(phase.get("metrics_s", float("nan"))),
@@ -273,6 +279,20 @@ def _overhead_row(s: dict, setting: str, bound: float) -> Row:
         meets,
         f"sim {s['sim_s']:.2f} s / floor {s['floor_s']:.2f} s ({floors}); "
         f"median of {s['measured_rounds']} rounds",
+    )
+
+
+def _engine_row(s: dict, setting: str) -> Row:
+    """The simulator over the floor with the round's own maths: the engine's cost alone."""
+    return Row(
+        "engine overhead ratio",
+        setting,
+        s["sim_s"] / s["maths_floor_s"],
+        "x",
+        "",
+        "",
+        f"sim {s['sim_s']:.2f} s / {s['maths_floor_layout']} {s['maths_floor_s']:.2f} s "
+        "(local steps + combine + metric sums, no Ray)",
     )
 
 
@@ -331,6 +351,7 @@ def bench_engine(opts: BenchOptions, run_root: Path) -> tuple[list[Row], pd.Data
             )
             label = setting + (" (small compute)" if kind == "small" else "")
             rows.append(_overhead_row(s, label, bound))
+            rows.append(_engine_row(s, label))
             what = "host start + setup (cold)" if k == 0 else "host setup (warm hosts)"
             rows.append(Row(what, setting, s["setup_s"], "s", "", "", f"{s['hosts']} host actors"))
             for key in ("exchange_s", "combine_s", "metrics_s"):
