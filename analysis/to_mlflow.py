@@ -54,12 +54,22 @@ def _experiment(client: MlflowClient, name: str) -> str:
     return found.experiment_id if found is not None else client.create_experiment(name)
 
 
+def _runs_tagged(client: MlflowClient, experiment_id: str, name: str) -> list:
+    """The experiment's runs tagged ``decaf_ray.run = name``, matched here rather than in a
+    filter string, which a folder name with a quote in it would break."""
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        found += [r for r in page if r.data.tags.get(RUN_TAG) == name]
+        token = page.token
+        if not token:
+            return found
+
+
 def write_run(client: MlflowClient, experiment_id: str, run: RunExport) -> str:
     """One run into the experiment, replacing (deleting) runs an earlier export made of it;
     returns its MLflow run id."""
-    for old in client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run.name}'"
-    ):
+    for old in _runs_tagged(client, experiment_id, run.name):
         client.delete_run(old.info.run_id)
     start_ms = int(run.started * 1000)
     tags = {RUN_TAG: run.name, "decaf_ray.path": str(run.path.resolve())}

@@ -229,3 +229,22 @@ def test_mlflow_file_store_holds_params_and_metrics_per_round(sweep_dir, tmp_pat
 
         export([sweep_dir], "mlflow", out, nodes=False)  # again: each run replaced
         assert len(client.search_runs([experiment.experiment_id])) == 4
+
+
+def test_mlflow_export_twice_replaces_a_run_whose_folder_name_has_a_quote(sweep_dir, tmp_path):
+    pytest.importorskip("mlflow")
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.to_mlflow import RUN_TAG, file_store_allowed
+
+    folder = tmp_path / "runs"
+    shutil.copytree(sweep_dir / "rep-decaf-1", folder / "bob's-run")
+    out = tmp_path / "mlruns"
+    for _ in range(2):
+        export([folder], "mlflow", out, nodes=False)
+    with file_store_allowed():
+        client = MlflowClient(tracking_uri=out.as_uri())
+        found = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
+    assert [r.data.tags[RUN_TAG] for r in found] == ["bob's-run"]
