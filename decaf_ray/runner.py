@@ -8,6 +8,7 @@ cluster and one pool of warm hosts between its runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def run_one(
     hangs is recovered the same way: every host restarts from the latest checkpoint, up to
     ``cluster.restarts`` times; the metrics are those of an undisturbed run."""
     with claim(run_dir, resume=resume):
-        save_config(cfg, run_dir / "config.yaml")
+        _save_run_config(cfg, run_dir / "config.yaml", resume)
         prep = prep or prepare(cfg)
         restarts = 0
         while True:
@@ -72,6 +73,15 @@ def run_one(
                     file=sys.stderr,
                 )
                 pool.clear()
+
+
+def _save_run_config(cfg: RunConfig, path: Path, resume: bool) -> None:
+    """Write the run's config; a resume (which may have changed ``train.rounds``) keeps the
+    file's first modification time, which tells when the run started (the exports' clock)."""
+    first = path.stat() if resume and path.exists() else None
+    save_config(cfg, path)
+    if first is not None:
+        os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
 
 
 def _simulate(

@@ -211,10 +211,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny,
     longer = comparable(run_tiny(train__rounds=6, checkpoint__every=2))  # every round is
     first5 = longer[longer["round"] <= 5].reset_index(drop=True)  # evaluated: a prefix
     capsys.readouterr()
+    started = (out / "config.yaml").stat().st_mtime_ns
+    n_kept = checkpoint.latest_meta(out)["parts"]  # parts the checkpoint counts; the rest
+    kept = _parts(out, range(n_kept))  # are redone by the resume
     resume(out, pool=pool)
     assert "t goes on after round 2 (checkpoint read" in capsys.readouterr().err
     got = read_metrics(out / "metrics.parquet")
     pd.testing.assert_frame_equal(comparable(got), first5)
+    # the run's clock goes on across the resume: rows after the checkpoint come later than
+    # every kept row, and config.yaml still tells when the run started (the exports' clock)
+    redone = _parts(out, range(n_kept, len(list((out / "metrics.parquet").glob("part-*")))))
+    assert len(redone) and redone["wall_s"].min() >= kept["wall_s"].max()
+    assert (out / "config.yaml").stat().st_mtime_ns == started
     assert checkpoint.latest_meta(out)["complete"]
     assert (out / "adapters" / "average" / "adapter_model.safetensors").exists()
 
@@ -229,6 +237,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny,
     resume(out, ["train.rounds=6"], pool=pool)
     pd.testing.assert_frame_equal(comparable(read_metrics(out / "metrics.parquet")), longer)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["rounds"] == 6
+
+
+def _parts(run_dir, ks) -> pd.DataFrame:
+    """Metrics parts ``ks`` of a run folder, as one table."""
+    return pd.concat(
+        [pd.read_parquet(run_dir / "metrics.parquet" / f"part-{k:06d}.parquet") for k in ks]
+    )
 
 
 def _own_lines(err: str) -> list[str]:

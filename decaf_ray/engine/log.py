@@ -39,7 +39,9 @@ WALL_CLOCK = frozenset(
 class MetricsLog:
     def __init__(self, run_dir: Path, keep_parts: int = 0) -> None:
         """A log writing into ``run_dir``; ``keep_parts`` > 0 goes on after that many parts
-        (a resumed run: parts written after its checkpoint are removed, they are redone)."""
+        (a resumed run: parts written after its checkpoint are removed, they are redone, and
+        ``wall_s`` goes on from the kept parts' last value, so it counts the run's own time
+        and never goes back; the pause between stop and resume is left out)."""
         self.path = Path(run_dir) / "metrics.parquet"
         self.path.mkdir(parents=True, exist_ok=True)
         for part in self.path.glob("part-*.parquet"):
@@ -47,7 +49,7 @@ class MetricsLog:
                 part.unlink()
         self._rows: list[tuple] = []
         self._parts = keep_parts
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() - (_last_wall_s(self.path) if keep_parts else 0.0)
         self.latest: dict[str, float] = {}  # last network-level value of each metric
 
     def add(self, round_idx: int, node: int, metric: str, value: float, virtual_s: float) -> None:
@@ -91,6 +93,20 @@ class MetricsLog:
     def frame(self) -> pd.DataFrame:
         self.flush()
         return read_metrics(self.path)
+
+
+def _last_wall_s(path: Path) -> float:
+    """The largest ``wall_s`` of the metrics folder's parts (0 for none), reading that column
+    only."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    last = 0.0
+    for part in path.glob("part-*.parquet"):
+        column = pq.read_table(part, columns=["wall_s"]).column("wall_s")
+        if len(column):
+            last = max(last, float(pc.max(column).as_py()))
+    return last
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
