@@ -82,6 +82,11 @@ def test_overhead_times_turns_of_rounds_in_a_row(pool, tmp_path):
     assert s["maths_floor_s"] > 0 and "maths" in s["maths_floor_layout"]
     assert s["measured_rounds"] == 4 and s["sim_s"] > 0 and s["floor_s"] > 0
     assert s["sim_s"] == sim[sim.turn > 1].wall_s.median()
+    timed = times[times.turn > 1].set_index(["turn", "who"]).wall_s
+    for floor in (s["floor_layout"], s["maths_floor_layout"]):
+        ratios = [timed[(k, "sim")] / timed[(k, floor)] for k in (2, 3)]
+        med, lo, hi = s["paired"][floor]
+        assert (lo, hi) == (min(ratios), max(ratios)) and med == pytest.approx(sum(ratios) / 2)
 
 
 def test_block_inboxes_stand_in_distinct_nodes_of_the_block_for_outside_neighbours():
@@ -122,3 +127,23 @@ def test_maths_floor_round_combines_the_nodes_as_the_algorithm_does():
         for m in adapter.modules:
             np.testing.assert_allclose(host.adapter(i).B[m], adapter.B[m], rtol=1e-5, atol=1e-7)
             assert not np.allclose(host.adapter(i).B[m], before[i].B[m])  # it did combine
+
+
+def test_overhead_rows_name_the_paired_per_turn_ratios():
+    from decaf_ray.bench.overhead import _engine_row, _overhead_row
+
+    s = {
+        "sim_s": 2.2,
+        "floor_s": 2.0,
+        "floors": {"a": 2.0, "b": 2.5},
+        "floor_layout": "a",
+        "maths_floor_s": 2.1,
+        "maths_floor_layout": "a + maths",
+        "measured_rounds": 4,
+        "paired": {"a": (1.1, 1.05, 1.2), "a + maths": (1.04, 1.0, 1.1)},
+    }
+    row = _overhead_row(s, "n=4", 1.05)
+    assert row.value == pytest.approx(1.1) and row.meets == "no"
+    assert "per turn 1.100 (median; 1.050 to 1.200)" in row.detail
+    engine = _engine_row(s, "n=4")
+    assert engine.value == pytest.approx(2.2 / 2.1) and "per turn 1.040" in engine.detail

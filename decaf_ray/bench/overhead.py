@@ -262,8 +262,23 @@ def measure_round_overhead(
         "metrics_s": float(phase.get("metrics_s", float("nan"))),
         "host_pss_bytes": host_pss,
         "measured_rounds": int(timed["turn"].nunique()) * (span if rounds > 1 else 1),
+        "paired": {name: paired_ratios(timed, name) for name in (floor_name, maths.name)},
     }
     return summary, times
+
+
+def paired_ratios(times: pd.DataFrame, floor: str) -> tuple[float, float, float]:
+    """Median, lowest and highest of sim / ``floor`` turn by turn: each turn's two times
+    are taken minutes apart at most, so a machine that speeds up or slows down over the run
+    moves both (the ratio of the medians compares times from different turns)."""
+    per_turn = times.pivot_table(index="turn", columns="who", values="wall_s")
+    ratio = (per_turn["sim"] / per_turn[floor]).dropna()
+    return float(ratio.median()), float(ratio.min()), float(ratio.max())
+
+
+def _paired(s: dict, floor: str) -> str:
+    med, lo, hi = s["paired"][floor]
+    return f"per turn {med:.3f} (median; {lo:.3f} to {hi:.3f})"
 
 
 def _overhead_row(s: dict, setting: str, bound: float) -> Row:
@@ -278,7 +293,7 @@ def _overhead_row(s: dict, setting: str, bound: float) -> Row:
         target,
         meets,
         f"sim {s['sim_s']:.2f} s / floor {s['floor_s']:.2f} s ({floors}); "
-        f"median of {s['measured_rounds']} rounds",
+        f"median of {s['measured_rounds']} rounds; {_paired(s, s['floor_layout'])}",
     )
 
 
@@ -292,7 +307,7 @@ def _engine_row(s: dict, setting: str) -> Row:
         "",
         "",
         f"sim {s['sim_s']:.2f} s / {s['maths_floor_layout']} {s['maths_floor_s']:.2f} s "
-        "(local steps + combine + metric sums, no Ray)",
+        f"(local steps + combine + metric sums, no Ray); {_paired(s, s['maths_floor_layout'])}",
     )
 
 
