@@ -176,3 +176,18 @@ def test_a_sync_round_trains_behind_the_last_rounds_metrics_on_ray(run_tiny, mon
     total = phases.groupby("round").value.sum()
     wall = net(frame, "round_wall_s")
     assert (total <= wall + 1e-6).all() and (net(frame, "train_s") > 0).all()
+
+
+@pytest.mark.parametrize("name, received", [("local", 0), ("fedavg", 1), ("dlora", 2)])
+def test_received_counts_what_the_method_delivers_not_the_graph(run_local, name, received):
+    """On a ring with message loss, a node's inbox in the plan holds its two neighbours; local
+    training receives nothing, fedavg one message (the server's average of every message, so
+    none is dropped for it), and dlora its neighbours' messages less the lost ones."""
+    frame = run_local(algorithm__name=name, schedule__loss_p=0.5)
+    got = frame[(frame.metric == "received") & (frame.node >= 0)].value
+    dropped = frame[(frame.metric == "dropped") & (frame.node >= 0)].value
+    staleness = frame[frame.metric == "staleness_rounds"]
+    if name == "dlora":
+        assert got.max() <= received and dropped.sum() > 0 and len(staleness)
+    else:
+        assert (got == received).all() and (dropped == 0).all() and staleness.empty

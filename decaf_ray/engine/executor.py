@@ -734,13 +734,21 @@ class Executor:
     # ------------------------------------------------------------------ rows
 
     def _log_step(self, st: Step) -> None:
-        """Per-node virtual-clock facts of one node-round: idle time, drops, staleness."""
+        """Per-node virtual-clock facts of one node-round: idle time, drops, staleness.
+
+        The plan's inbox is the graph's; what a node really receives depends on the method:
+        nothing for local training, the server's aggregate (one message, of this round, from a
+        server that gets every message) for a server method, the neighbours' messages else."""
         log, t, i, when = self.log, st.round_idx, st.node, st.combine_s
         others = [rc for rc in st.inbox if rc.sender != i]
+        received, dropped = len(others), st.dropped
+        if not self.algorithm.communicates or self.algorithm.uses_server:
+            others, dropped = [], 0
+            received = 1 if self.algorithm.uses_server else 0
         log.add(t, i, "idle_s", st.idle_s, when)
-        log.add(t, i, "dropped", st.dropped, when)
+        log.add(t, i, "dropped", dropped, when)
         log.add(t, i, "max_lag_rounds", st.max_lag_rounds, when)
-        log.add(t, i, "received", len(others), when)
+        log.add(t, i, "received", received, when)
         if others:
             rounds = [t - rc.sender_round for rc in others]
             seconds = [st.combine_s - rc.sent_s for rc in others]
