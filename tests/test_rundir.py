@@ -95,6 +95,24 @@ def test_a_torn_metrics_part_is_skipped_and_named(tmp_path, capsys):
     assert "skipped unreadable metrics part" in capsys.readouterr().err
 
 
+def test_a_log_going_on_past_a_torn_part_starts_from_the_readable_parts(tmp_path, capsys):
+    """A resumed log keeps its parts and goes on from their last wall_s; a kept part that
+    cannot be read is skipped and named, as the reader does, not a crash of the resume."""
+    from decaf_ray.engine.log import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path)
+    log.add(1, -1, "train_loss", 1.0, 1.0)
+    log.flush()
+    last = float(read_metrics(log.path)["wall_s"].max())
+    (log.path / "part-000001.parquet").write_bytes(b"PAR1 torn")
+    again = MetricsLog(tmp_path, keep_parts=2)
+    again.add(2, -1, "train_loss", 0.5, 2.0)
+    again.flush()
+    assert "skipped unreadable metrics part" in capsys.readouterr().err
+    frame = read_metrics(log.path)
+    assert list(frame["round"]) == [1, 2] and frame["wall_s"].iloc[1] >= last
+
+
 def test_saved_adapters_load_in_peft_and_give_the_logged_evaluation(pool, tmp_path):
     """adapters/node-<id> and adapters/average are peft folders; loaded on the base model
     with PeftModel.from_pretrained they score what the run logged."""

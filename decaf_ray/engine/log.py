@@ -96,30 +96,31 @@ class MetricsLog:
 
 
 def _last_wall_s(path: Path) -> float:
-    """The largest ``wall_s`` of the metrics folder's parts (0 for none), reading that column
-    only."""
+    """The largest ``wall_s`` of the metrics folder's readable parts (0 for none), reading
+    that column only."""
     import pyarrow.compute as pc
+
+    walls = [t.column("wall_s") for t in _read_parts(path, ["wall_s"])]
+    return max((float(pc.max(w).as_py()) for w in walls if len(w)), default=0.0)
+
+
+def _read_parts(path: Path, columns: list[str] | None = None) -> list:
+    """The metrics folder's parts as pyarrow tables, in order; a part that cannot be read
+    (torn by a crash of an older version, or a full disk) is skipped and named on stderr."""
     import pyarrow.parquet as pq
 
-    last = 0.0
-    for part in path.glob("part-*.parquet"):
-        column = pq.read_table(part, columns=["wall_s"]).column("wall_s")
-        if len(column):
-            last = max(last, float(pc.max(column).as_py()))
-    return last
+    tables = []
+    for part in sorted(Path(path).glob("part-*.parquet")):
+        try:
+            tables.append(pq.read_table(part, columns=columns))
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            print(f"decaf-ray: skipped unreadable metrics part {part}: {exc}", file=sys.stderr)
+    return tables
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """The metrics folder as one table; a part that cannot be read (torn by a crash of an
-    older version, or a full disk) is skipped and named on stderr."""
-    import pyarrow.parquet as pq
-
-    frames = []
-    for part in sorted(Path(path).glob("part-*.parquet")):
-        try:
-            frames.append(pq.read_table(part).to_pandas())
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            print(f"decaf-ray: skipped unreadable metrics part {part}: {exc}", file=sys.stderr)
+    """The metrics folder as one table (unreadable parts skipped, see :func:`_read_parts`)."""
+    frames = [t.to_pandas() for t in _read_parts(path)]
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     return pd.concat(frames, ignore_index=True)
