@@ -94,6 +94,7 @@ def test_decaf_combines_a_host_of_nodes_in_batches_as_one_at_a_time(align, monke
                 np.testing.assert_allclose(getattr(new, part)[key], value, rtol=1e-5, atol=1e-6)
         assert stats == pytest.approx(alone_stats, rel=1e-9, abs=1e-12)
     np.testing.assert_array_equal(together[-1][0].B["q0"], owns[-1].B["q0"])  # no weight: own
+    np.testing.assert_array_equal(together[-1][0].extra["head"], owns[-1].extra["head"])  # also
     np.testing.assert_array_equal(together[5][0].extra["head"], owns[5].extra["head"])  # kept
 
 
@@ -260,3 +261,14 @@ def test_interference_from_the_qr_cores_matches_dense(spread):
     A_bar = (w.reshape(-1, 1, 1) * A).sum(1)
     dense = torch.linalg.matrix_norm(P - B_bar @ A_bar)
     torch.testing.assert_close(gap, dense, rtol=1e-6, atol=1e-14 * float(P.abs().max()))
+
+
+@pytest.mark.parametrize("algo", [DLoRA(), DeCAF()])
+def test_an_inbox_without_weight_keeps_the_nodes_whole_state(algo):
+    # every weight zero (the node heard nothing, not even itself): factors and head stay its own
+    rng = np.random.default_rng(5)
+    own = adapter(rng)
+    new, _ = algo.combine(own, [(0.0, adapter(rng)), (0.0, adapter(rng))])
+    for part in ("A", "B", "extra"):
+        for key, value in getattr(own, part).items():
+            np.testing.assert_array_equal(getattr(new, part)[key], value)

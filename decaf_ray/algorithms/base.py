@@ -89,8 +89,11 @@ def mix_adapters(
     inbox: Inbox, own: Adapter, parts: tuple[str, ...] = ("A", "B", "extra")
 ) -> Adapter:
     """Weighted average of each tensor of ``parts``; a tensor absent from the messages, or of a
-    part not listed, keeps ``own``'s."""
+    part not listed, keeps ``own``'s, and so does every tensor when no message has a weight
+    (the node heard nothing, not even itself: it keeps its state)."""
     w = [wj for wj, _ in inbox]
+    if not any(wj != 0.0 for wj in w):
+        parts = ()
 
     def part(name: str) -> dict[str, np.ndarray]:
         if name not in parts:

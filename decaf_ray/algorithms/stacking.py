@@ -65,7 +65,7 @@ def mix_extras(
     """Each node's non-LoRA tensors (the head) as the weighted mean of its messages', w (N, m),
     summed in float64 and cast to the node's dtype, as ``mix_adapters`` does one node at a
     time; None where some message's tensors differ in name or shape from the nodes' (mix
-    those one node at a time)."""
+    those one node at a time). A node with no weight at all keeps its own head."""
     distinct, index = distinct_messages(inboxes)
     first = owns[0].extra
     same = all(
@@ -76,14 +76,13 @@ def mix_extras(
     if not same:
         return None
     out: list[dict[str, np.ndarray]] = [{} for _ in owns]
-    for key, value in first.items():
-        if not distinct:
-            mixed = np.zeros((len(owns), *value.shape))
-        else:
+    heard = (w != 0).any(dim=-1).tolist() if w.numel() else [False] * len(owns)
+    for key in first:
+        if any(heard):
             stacked = np.stack([a.extra[key] for a in distinct]).astype(np.float64)  # (D, ...)
             mixed = np.einsum("nm,nm...->n...", w.numpy(), stacked[index.numpy()])
         for n, own in enumerate(owns):
-            out[n][key] = mixed[n].astype(own.extra[key].dtype)
+            out[n][key] = mixed[n].astype(own.extra[key].dtype) if heard[n] else own.extra[key]
     return out
 
 
