@@ -278,6 +278,7 @@ def test_heterogeneous_ranks_run_end_to_end(tmp_path, name):
     }
     per = 1 if name in ("fedavg", "flexlora") else (3 if topology == "complete" else 2)
     assert sent.tolist() == [per * (factor[r] + head) for r in ranks]
+    assert sim.message_bytes == [factor[r] + head for r in ranks]  # the clock's link delays
     for metric in ("product_consensus", "factor_consensus_A", "mean_node_acc"):
         assert np.isfinite(net(frame, metric)).all()
     if name == "decaf":  # one mixed product everywhere: rank-2 nodes hold its TSVD_2

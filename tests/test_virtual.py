@@ -86,6 +86,26 @@ def test_links_delay_and_loss():
     assert 0.15 < lost[:, 0, 2].mean() < 0.35
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_each_sender_pays_for_its_own_message_size(mode):
+    """Nodes of different ranks send messages of different sizes: with a bandwidth limit each
+    message arrives after its own sender's delay, not one size's delay for every link."""
+    cfg, world = _world("ring", 6, 2, latency_s=0.1, bandwidth_bytes_s=1e6)
+    sizes = [1e5 * (1 + i) for i in range(6)]  # node i sends (i + 1) * 100 kB
+    plan = make_plan(world, mode, sizes, replace(cfg.schedule, mode=mode))
+    receipts = [rc for st in plan.steps.values() for rc in st.inbox if rc.sender != st.node]
+    assert receipts
+    for rc in receipts:
+        assert rc.arrived_s - rc.sent_s == pytest.approx(0.1 + sizes[rc.sender] / 1e6)
+    same = make_plan(world, mode, 3e5, replace(cfg.schedule, mode=mode))  # one size for all
+    for st in same.steps.values():
+        for rc in st.inbox:
+            if rc.sender != st.node:
+                assert rc.arrived_s - rc.sent_s == pytest.approx(0.4)
+    assert LinkModel(0.1, 1e6).delays_s(sizes, 6) == pytest.approx([0.1 + b / 1e6 for b in sizes])
+    assert LinkModel(0.2).delays_s(sizes, 6).tolist() == [0.2] * 6
+
+
 def test_churn_schedule_and_random():
     act = active_table(4, 5, schedule=[[1, 2, 4]])
     assert act[1].tolist() == [True, False, False, True, True] and act[[0, 2, 3]].all()

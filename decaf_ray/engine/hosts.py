@@ -232,10 +232,15 @@ class HostGroup(ABC):
         where = self._on_every_host("placement", "where")
         return [{"nodes": block, **w} for block, w in zip(self.blocks, where)]
 
-    def message_bytes(self) -> int:
-        """Size of one node's message (the same for every node and round of a run)."""
-        ticket = self._ticket("message size", 0, self.blocks[0], self._call(0, "message_bytes"))
-        return int(self.result(ticket))
+    def message_bytes(self) -> list[int]:
+        """Size of each node's message, in node order (the same in every round of a run;
+        nodes of different ranks send different sizes)."""
+        sizes = {
+            i: b
+            for reply in self._on_every_host("message size", "message_bytes")
+            for i, b in reply.items()
+        }
+        return [int(sizes[i]) for i in range(len(sizes))]
 
     def snapshot(self) -> dict[int, tuple[dict, dict]]:
         """Every node's private state (parameters, optimizer, sampler), for a checkpoint."""

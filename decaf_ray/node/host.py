@@ -308,6 +308,18 @@ class Host:
         message = self.outgoing(adapter, node, round_idx)
         return TrainResult(loss, time.perf_counter() - t0, adapter, message)
 
+    def message_bytes(self) -> dict[int, int]:
+        """Size of each node's message: the same in every round, set by the node's rank, so
+        one message of each rank is measured."""
+        by_rank: dict[int, int] = {}
+        sizes = {}
+        for i in sorted(self.nodes):
+            rank = node_rank(self.spec.model, self.run.seed, i)
+            if rank not in by_rank:
+                by_rank[rank] = self.outgoing(self.adapter(i)).nbytes
+            sizes[i] = by_rank[rank]
+        return sizes
+
     def outgoing(
         self, adapter: Adapter, node: NodeState | None = None, round_idx: int | None = None
     ) -> Adapter:

@@ -110,10 +110,9 @@ class HostService:
         """Which machine and device this host runs on (recorded in placement.json)."""
         return {**self.store.where(), "device": str(self.host.device), "pid": os.getpid()}
 
-    def message_bytes(self) -> int:
-        """Size of one node's message (the same for every node and round of a run)."""
-        host = self.host
-        return host.outgoing(host.adapter(min(host.nodes))).nbytes
+    def message_bytes(self) -> dict[int, int]:
+        """Size of each of this host's nodes' messages (the same in every round)."""
+        return self.host.message_bytes()
 
     def states(self, node_ids: list[int]) -> dict[int, Part]:
         """The nodes' current states, put as one object."""

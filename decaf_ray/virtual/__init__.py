@@ -10,6 +10,7 @@ collects every step at once (small runs and tests).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from decaf_ray.virtual.churn import active_table, rejoining
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from decaf_ray.config import ScheduleConfig
 
 
-def make_plan(world: World, mode: str, nbytes: float, s: ScheduleConfig) -> Plan:
+def make_plan(world: World, mode: str, nbytes: float | Sequence[float], s: ScheduleConfig) -> Plan:
     """Every step of ``mode``'s plan (sync, deadline, async, bounded) for ``world``, and every
-    event; ``nbytes`` is the size of one message (it sets link delays); ``s`` supplies the
-    mode's options. O(n T) memory: a run streams its plan instead (:class:`PlanStream`)."""
+    event; ``nbytes`` is the size of a message, one for every node or one per node (it sets
+    link delays); ``s`` supplies the mode's options. O(n T) memory: a run streams its plan
+    instead (:class:`PlanStream`)."""
     events: list = []
     planner = make_planner(world, mode, nbytes, s, events)
     steps = {(st.node, st.round_idx): st for batch in planner.batches() for st in batch}

@@ -32,7 +32,7 @@ Every scan is over a node's neighbours (O(degree)), never over all n nodes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from decaf_ray.virtual.churn import rejoining
 from decaf_ray.virtual.events import EventQueue
@@ -52,7 +52,7 @@ class AsyncPlanner:
     def __init__(
         self,
         world: World,
-        nbytes: float,
+        nbytes: float | Sequence[float],
         staleness: int | None = None,
         rejoin: str = "stale",
         missing: str = "renormalise",
@@ -60,7 +60,7 @@ class AsyncPlanner:
         events: list | None = None,
     ) -> None:
         n = world.n
-        self.world, self.delay = world, world.link.delay_s(nbytes)
+        self.world, self.delay = world, world.link.delays_s(nbytes, n).tolist()  # per sender
         self.staleness, self.rejoin, self.missing, self.budget_s = (
             staleness,
             rejoin,
@@ -243,7 +243,7 @@ class AsyncPlanner:
                     self.started[(i, t)][2] += 1
                     self.inflight[k].setdefault(i, []).append(t)
                     self._ref(self.message_refs, (i, t), +1)
-                    q.push(now + self.delay, _ARRIVE, "arrive", k, t, (i, now))
+                    q.push(now + self.delay[i], _ARRIVE, "arrive", k, t, (i, now))
             q.push(now, _COMBINE, "combine_due", i, t)
             self._retry(q, now, i)
         elif ev.kind == "arrive":

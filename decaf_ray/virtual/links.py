@@ -1,6 +1,7 @@
 """Links: message delay and loss.
 
-Delay of a message of b bytes: ``latency_s + b / bandwidth_bytes_s`` (no bandwidth: infinite).
+Delay of a message of b bytes: ``latency_s + b / bandwidth_bytes_s`` (no bandwidth: infinite);
+b is the sender's message size, so nodes of different ranks send at different speeds.
 Loss: each message j -> i of round t is lost independently with probability p_ji (one global p,
 overridden per undirected link). The draws are fixed by the seed, so whether a message is lost
 never depends on the order in which events are processed: message (t, j, i) is lost when
@@ -12,7 +13,7 @@ jumped to each link's position), so n = 16,384 costs O(links) per round instead 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,14 @@ class LinkModel:
         if not self.bandwidth_bytes_s:
             return self.latency_s
         return self.latency_s + nbytes / self.bandwidth_bytes_s
+
+    def delays_s(self, nbytes: float | Sequence[float], n: int) -> np.ndarray:
+        """(n,) delay of each node's messages: ``nbytes`` is one size for every node or one
+        size per node (heterogeneous ranks send messages of different sizes)."""
+        sizes = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), (n,))
+        if not self.bandwidth_bytes_s:
+            return np.full(n, float(self.latency_s))
+        return self.latency_s + sizes / self.bandwidth_bytes_s
 
 
 def parse_link(key: str) -> tuple[int, int]:

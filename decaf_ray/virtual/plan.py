@@ -28,7 +28,7 @@ counts one meaning, so that with staleness 0 and equal speeds they give identica
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -149,14 +149,14 @@ class SyncPlanner:
     def __init__(
         self,
         world: World,
-        nbytes: float,
+        nbytes: float | Sequence[float],
         deadline_s: float | None = None,
         rejoin: str = "stale",
         missing: str = "renormalise",
         budget_s: float | None = None,
         events: list | None = None,
     ) -> None:
-        self.world, self.delay = world, world.link.delay_s(nbytes)
+        self.world, self.delay = world, world.link.delays_s(nbytes, world.n).tolist()  # per sender
         self.deadline_s, self.rejoin, self.missing, self.budget_s = (
             deadline_s,
             rejoin,
@@ -194,7 +194,7 @@ class SyncPlanner:
                     if i not in trained:
                         continue  # absent nodes neither send nor receive
                     sent[j] += 1
-                    arrive = trained[j] + delay
+                    arrive = trained[j] + delay[j]
                     ends.append(arrive)
                     if world.is_lost(t, j, i) or arrive > limit:
                         dropped[i] += 1
@@ -233,7 +233,7 @@ class SyncPlanner:
 
 def plan_sync(
     world: World,
-    nbytes: float,
+    nbytes: float | Sequence[float],
     deadline_s: float | None = None,
     rejoin: str = "stale",
     missing: str = "renormalise",

@@ -14,6 +14,7 @@ order), and the steps of one batch are all made before ``settled`` is asked agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -37,10 +38,15 @@ class Planner(Protocol):
 
 
 def make_planner(
-    world: World, mode: str, nbytes: float, s: ScheduleConfig, events: list | None = None
+    world: World,
+    mode: str,
+    nbytes: float | Sequence[float],
+    s: ScheduleConfig,
+    events: list | None = None,
 ) -> Planner:
     """The planner of ``mode`` (sync, deadline, async, bounded) for ``world``; ``nbytes`` is
-    the size of one message (it sets link delays); ``s`` supplies the mode's options."""
+    the size of a message, one for every node or one per node (it sets each sender's link
+    delay); ``s`` supplies the mode's options."""
     if mode in ("sync", "deadline"):
         deadline = s.deadline_s if mode == "deadline" else None
         return SyncPlanner(world, nbytes, deadline, s.rejoin, s.missing, s.time_budget_s, events)
@@ -71,7 +77,9 @@ def last_round_of(world: World, mode: str, budget_s: float | None) -> int | None
 class PlanStream:
     """``world``'s plan in ``mode``, made as the executor asks for it."""
 
-    def __init__(self, world: World, mode: str, nbytes: float, s: ScheduleConfig) -> None:
+    def __init__(
+        self, world: World, mode: str, nbytes: float | Sequence[float], s: ScheduleConfig
+    ) -> None:
         self.rounds = world.rounds
         self.planner = make_planner(world, mode, nbytes, s)
         self._batches = self.planner.batches()
