@@ -78,8 +78,9 @@ def test_stragglers_fixed_or_redrawn():
 
 
 def test_links_delay_and_loss():
-    assert LinkModel(0.1, 1000.0).delay_s(500) == pytest.approx(0.6)
-    assert LinkModel(0.1).delay_s(10**9) == 0.1
+    assert LinkModel(0.1, 1000.0).delays_s(500, 2) == pytest.approx([0.6, 0.6])
+    assert LinkModel(0.1, 1000.0).delays_s([500, 1500], 2) == pytest.approx([0.6, 1.6])
+    assert (LinkModel(0.1).delays_s(10**9, 3) == 0.1).all()
     lost = loss_table(4, 200, 0.25, {"1-0": 1.0, "2-3": 0.0}, seed=0)
     assert lost[:, 0, 1].all() and lost[:, 1, 0].all()
     assert not lost[:, 2, 3].any()

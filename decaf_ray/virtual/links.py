@@ -24,15 +24,9 @@ class LinkModel:
     latency_s: float = 0.0
     bandwidth_bytes_s: float | None = None
 
-    def delay_s(self, nbytes: float) -> float:
-        """latency + bytes / bandwidth."""
-        if not self.bandwidth_bytes_s:
-            return self.latency_s
-        return self.latency_s + nbytes / self.bandwidth_bytes_s
-
     def delays_s(self, nbytes: float | Sequence[float], n: int) -> np.ndarray:
-        """(n,) delay of each node's messages: ``nbytes`` is one size for every node or one
-        size per node (heterogeneous ranks send messages of different sizes)."""
+        """(n,) delay of each node's messages, latency + bytes / bandwidth: ``nbytes`` is one
+        size for every node or one per node (heterogeneous ranks send different sizes)."""
         sizes = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), (n,))
         if not self.bandwidth_bytes_s:
             return np.full(n, float(self.latency_s))
