@@ -67,7 +67,7 @@ test: $(STAMP)
 	exit $$rc
 
 # Simulator overhead vs bare torch, memory per node, phase times, TSVD speed-up (~10 min on
-# 2 cores); the table goes to runs/out/bench-<time>/. Full size: see README, "Performance".
+# 2 cores); the table goes to runs/out/bench-<time>/. Full size: see docs/performance.md.
 bench: $(STAMP)
 	$(VENV)/bin/decaf-ray bench
 
