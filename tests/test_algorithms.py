@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from decaf_ray.algorithms import Adapter
+from decaf_ray.algorithms.base import mix_adapters
 from decaf_ray.algorithms.decaf import DeCAF
 from decaf_ray.algorithms.dlora import DLoRA
 from decaf_ray.algorithms.dlora_fa import DLoRAFA
@@ -191,6 +192,36 @@ def test_decaf_keeps_the_factor_average_when_every_B_is_zero():
         np.testing.assert_allclose(new.A[m], mean_A, rtol=1e-6)
         assert not np.any(new.B[m])
     assert stats["top_singular_value"] == 0.0
+
+
+def _with_rank(a: Adapter, r: int) -> Adapter:
+    return Adapter(
+        A={m: x[:r] for m, x in a.A.items()}, B={m: x[:, :r] for m, x in a.B.items()}, extra=a.extra
+    )
+
+
+@pytest.mark.parametrize("own_in_inbox", [True, False], ids=["combine", "rejoin"])
+def test_decaf_zero_product_guard_keeps_the_nodes_own_rank(own_in_inbox):
+    """model.ranks: the zero-product average pads and cuts as mix_adapters does, so messages
+    of other ranks neither crash the mix nor change the node's rank (a rejoin's inbox holds
+    only neighbours, all of another rank)."""
+    rng = np.random.default_rng(7)
+    own = _with_rank(adapter(rng, zero_B=True), 2)
+    others = [adapter(rng, zero_B=True), _with_rank(adapter(rng, zero_B=True), 3)]
+    inbox = (
+        [(0.2, own), (0.4, others[0]), (0.4, others[1])]
+        if own_in_inbox
+        else [
+            (0.5, others[0]),
+            (0.5, others[1]),
+        ]
+    )
+    new, _ = DeCAF().combine(own, inbox)
+    ref = mix_adapters(inbox, own)
+    for m in SHAPES:
+        assert new.A[m].shape == (2, SHAPES[m][1]) and new.B[m].shape == (SHAPES[m][0], 2)
+        np.testing.assert_allclose(new.A[m], ref.A[m], rtol=1e-6)
+        assert not np.any(new.B[m])
 
 
 def test_zero_weights_are_ignored():

@@ -85,6 +85,17 @@ def pad_rank(x: np.ndarray, part: str, rank: int) -> np.ndarray:
     return np.pad(x, widths)
 
 
+def mix_to_rank(
+    w: Sequence[float] | np.ndarray, factors: Sequence[np.ndarray], part: str, rank: int
+) -> np.ndarray:
+    """Weighted mean of ``part`` factors of possibly different ranks, as a node of ``rank``
+    keeps it: zero-padded to the largest rank, mixed, cut to the node's own rank."""
+    axis = 0 if part == "A" else 1
+    top = max(rank, *(f.shape[axis] for f in factors))
+    mixed = mix(w, [pad_rank(f, part, top) for f in factors])
+    return mixed[:rank] if axis == 0 else mixed[:, :rank]
+
+
 def mix_adapters(
     inbox: Inbox, own: Adapter, parts: tuple[str, ...] = ("A", "B", "extra")
 ) -> Adapter:
@@ -107,12 +118,7 @@ def mix_adapters(
                 if len(shapes) == 1 and value.shape in shapes:
                     out[key] = mix(w, arrays)
                     continue
-                # ranks differ: zero-pad to the largest, mix, keep this node's own rank
-                axis = 0 if name == "A" else 1
-                top = max(a.shape[axis] for a in [*arrays, value])
-                mixed = mix(w, [pad_rank(a, name, top) for a in arrays])
-                rank = value.shape[axis]
-                out[key] = mixed[:rank] if axis == 0 else mixed[:, :rank]
+                out[key] = mix_to_rank(w, arrays, name, value.shape[0 if name == "A" else 1])
             else:
                 out[key] = value
         return out

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters
+from decaf_ray.algorithms.base import Adapter, Algorithm, Inbox, mix_adapters, mix_to_rank
 from decaf_ray.algorithms.stacking import (
     chunks,
     concat_inboxes,
@@ -30,7 +30,6 @@ from decaf_ray.algorithms.stacking import (
     shape_groups,
     stack_part,
 )
-from decaf_ray.math import mix
 from decaf_ray.math.stacked import align_stacked, split_stacked, tsvd_and_interference_stacked
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ class DeCAF(Algorithm):
             zero = ~(S > 0).any(dim=-1)  # (N, M)
             tail = s[..., rank:].square().sum(dim=-1).masked_fill(zero, 0.0).sum(dim=-1)  # (N,)
             gaps, tops = gap.sum(dim=-1), S[..., 0].max(dim=-1).values
-            for n, (_, _, w, msgs) in enumerate(nodes):
+            for n, (own, _, w, msgs) in enumerate(nodes):
                 st = stats[n]
                 st["interference"] += float(gaps[n])
                 st["tsvd_tail"] += float(tail[n])
@@ -106,9 +105,11 @@ class DeCAF(Algorithm):
                     if zero[n, idx]:
                         # Pitfall guard: a zero product (B = 0 everywhere, e.g. before any
                         # local step) would give zero factors that never train again; keep
-                        # the average.
-                        B[n][m] = mix(w.numpy(), [msg.B[m] for msg in msgs])
-                        A[n][m] = mix(w.numpy(), [msg.A[m] for msg in msgs])
+                        # the average (at the node's own rank, as mix_adapters keeps it).
+                        for part, mine, dest in (("B", own.B, B[n]), ("A", own.A, A[n])):
+                            factors = [getattr(msg, part)[m] for msg in msgs]
+                            rank = mine[m].shape[0 if part == "A" else 1]
+                            dest[m] = mix_to_rank(w.numpy(), factors, part, rank)
                         continue
                     B[n][m], A[n][m] = B_new[n, idx], A_new[n, idx]
         heads = mix_extras(
