@@ -26,6 +26,7 @@ from decaf_ray.virtual import (
     step_seconds,
     straggler_factors,
 )
+from decaf_ray.virtual.plan import weighted
 from topologies import build_graph, mixing_matrix
 
 
@@ -361,3 +362,17 @@ def test_erdos_renyi_rounds_keep_their_graphs_and_draw_sparsely_when_large(monke
     assert nx.number_of_selfloops(g) == 0 and g.number_of_nodes() == n
     assert sorted(graph_at("erdos_renyi", n, 1, 0, q).edges()) == sorted(g.edges())  # seeded
     assert sorted(graph_at("erdos_renyi", n, 2, 0, q).edges()) != sorted(g.edges())
+
+
+@pytest.mark.parametrize("missing", ["renormalise", "to_self"])
+def test_weights_sum_to_one_when_the_node_has_no_self_weight(missing):
+    """A valid mixing matrix may have Pi_ii = 0 (a weighted topology file): a missing
+    neighbour is still noticed, and a node that heard no weighted message keeps its state."""
+    row = {1: 0.5, 4: 0.5}  # node 0's row of a 5-ring with edge weights 0.5: Pi_00 = 0
+    own, one = (0, 1, 0.0, 0.0), (1, 1, 0.0, 0.0)
+    got = {r.sender: r.weight for r in weighted(row, 0, [own, one], missing)}
+    assert got == ({0: 0.0, 1: 1.0} if missing == "renormalise" else {0: 0.5, 1: 0.5})
+    alone = {r.sender: r.weight for r in weighted(row, 0, [own], missing)}
+    assert alone == {0: 1.0}
+    full = {r.sender: r.weight for r in weighted(row, 0, [own, one, (4, 1, 0.0, 0.0)], missing)}
+    assert full == {0: 0.0, 1: 0.5, 4: 0.5}  # everything arrived: Pi's row as is

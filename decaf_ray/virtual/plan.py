@@ -110,12 +110,15 @@ def weighted(
     neighbours keep Pi_ij and the node's own weight takes the rest, w_ii = 1 - sum_{j held,
     j != i} Pi_ij (as if the missing links were absent from the graph: Pi stays symmetric and
     doubly stochastic when losses are symmetric). If everything arrived, w is Pi's row as is.
+    A row with Pi_ii = 0 works the same way; if nothing with weight arrived, the node keeps
+    its own state (w_ii = 1).
     """
     held = sorted(held)
-    w = np.array([Pi_row.get(j, 0.0) for j, *_ in held], dtype=np.float64)
-    if len(held) != len(Pi_row):
-        if missing == "to_self":
-            me = [j for j, *_ in held].index(node)
+    senders = [j for j, *_ in held]
+    w = np.array([Pi_row.get(j, 0.0) for j in senders], dtype=np.float64)
+    if not set(Pi_row) <= set(senders):  # some neighbour's message is missing
+        me = senders.index(node)
+        if missing == "to_self" or not w.sum() > 0:
             w[me] = 1.0 - np.delete(w, me).sum()
         else:
             w = w / w.sum()
