@@ -219,6 +219,8 @@ def test_rolora_end_to_end_trains_and_sends_one_factor_a_round(tmp_path, name, m
     one = [b_bytes + head, a_bytes + head, b_bytes + head]  # rounds 1-3: B, A, B
     full = [a_bytes + b_bytes + head] * 3
     assert sent.tolist() == [scale * x for x in (full if mix == "both" else one)]
+    # the clock's link delays price what travels: rounds 1 and 2 of the cycle, per node
+    assert sim.message_bytes == [full[:2] if mix == "both" else one[:2]] * len(final)
     if name == "drolora":
         assert (net(frame, "product_consensus") > 0).all()
     if name == "rolora":  # one server broadcast of the trained factor: every node agrees
@@ -278,7 +280,7 @@ def test_heterogeneous_ranks_run_end_to_end(tmp_path, name):
     }
     per = 1 if name in ("fedavg", "flexlora") else (3 if topology == "complete" else 2)
     assert sent.tolist() == [per * (factor[r] + head) for r in ranks]
-    assert sim.message_bytes == [factor[r] + head for r in ranks]  # the clock's link delays
+    assert sim.message_bytes == [[factor[r] + head] for r in ranks]  # the clock's link delays
     for metric in ("product_consensus", "factor_consensus_A", "mean_node_acc"):
         assert np.isfinite(net(frame, metric)).all()
     if name == "decaf":  # one mixed product everywhere: rank-2 nodes hold its TSVD_2

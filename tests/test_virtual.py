@@ -79,8 +79,8 @@ def test_stragglers_fixed_or_redrawn():
 
 
 def test_links_delay_and_loss():
-    assert LinkModel(0.1, 1000.0).delays_s(500, 2) == pytest.approx([0.6, 0.6])
-    assert LinkModel(0.1, 1000.0).delays_s([500, 1500], 2) == pytest.approx([0.6, 1.6])
+    assert LinkModel(0.1, 1000.0).delays_s(500, 2)[:, 0] == pytest.approx([0.6, 0.6])
+    assert LinkModel(0.1, 1000.0).delays_s([500, 1500], 2)[:, 0] == pytest.approx([0.6, 1.6])
     assert (LinkModel(0.1).delays_s(10**9, 3) == 0.1).all()
     lost = loss_table(4, 200, 0.25, {"1-0": 1.0, "2-3": 0.0}, seed=0)
     assert lost[:, 0, 1].all() and lost[:, 1, 0].all()
@@ -104,8 +104,16 @@ def test_each_sender_pays_for_its_own_message_size(mode):
         for rc in st.inbox:
             if rc.sender != st.node:
                 assert rc.arrived_s - rc.sent_s == pytest.approx(0.4)
-    assert LinkModel(0.1, 1e6).delays_s(sizes, 6) == pytest.approx([0.1 + b / 1e6 for b in sizes])
-    assert LinkModel(0.2).delays_s(sizes, 6).tolist() == [0.2] * 6
+    delays = LinkModel(0.1, 1e6).delays_s(sizes, 6)
+    assert delays.shape == (6, 1) and delays[:, 0] == pytest.approx([0.1 + b / 1e6 for b in sizes])
+    assert LinkModel(0.2).delays_s(sizes, 6).tolist() == [[0.2]] * 6
+    cycle = [[1e5 * (1 + i), 2e4] for i in range(6)]  # rolora: B in odd rounds, A in even
+    alternating = make_plan(world, mode, cycle, replace(cfg.schedule, mode=mode))
+    for st in alternating.steps.values():
+        for rc in st.inbox:
+            if rc.sender != st.node:
+                b = cycle[rc.sender][(rc.sender_round - 1) % 2]  # the message's round
+                assert rc.arrived_s - rc.sent_s == pytest.approx(0.1 + b / 1e6)
 
 
 def test_churn_schedule_and_random():

@@ -135,6 +135,7 @@ class Algorithm(ABC):
     trains_A = True  # False: A stays frozen at its shared initial value (dlora_fa)
     resets_moments = False  # True: zero the optimizer moments of A and B after combining
     merges = False  # True: hosts merge the server's update into the base; adapters restart (flora)
+    message_period = 1  # message_in_round repeats every this many rounds (rolora: 2)
 
     @classmethod
     def from_config(cls, cfg: AlgorithmConfig) -> Algorithm:
@@ -151,8 +152,8 @@ class Algorithm(ABC):
 
     def message_in_round(self, adapter: Adapter, round_idx: int) -> Adapter:
         """What a node sends after round ``round_idx`` (a method whose message changes with
-        the round overrides this; :meth:`message` is the message outside a round, e.g. a
-        rejoining node's view of a neighbour)."""
+        the round overrides this and sets ``message_period``; :meth:`message` is the message
+        outside a round, e.g. a rejoining node's view of a neighbour)."""
         return self.message(adapter)
 
     @abstractmethod

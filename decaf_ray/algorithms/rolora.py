@@ -36,6 +36,7 @@ def _only(adapter: Adapter, factor: str) -> Adapter:
 
 class RoLoRA(FedAvg):
     name = "rolora"
+    message_period = 2  # B in odd rounds, A in even ones
 
     def trained_factors(self, round_idx: int) -> tuple[str, ...]:
         return (trained_in(round_idx),)
@@ -49,6 +50,7 @@ class RoLoRA(FedAvg):
 
 class DRoLoRA(DLoRA):
     name = "drolora"
+    message_period = 2
 
     def __init__(self, mix: str = "trained") -> None:
         self.mix = mix

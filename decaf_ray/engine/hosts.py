@@ -232,15 +232,15 @@ class HostGroup(ABC):
         where = self._on_every_host("placement", "where")
         return [{"nodes": block, **w} for block, w in zip(self.blocks, where)]
 
-    def message_bytes(self) -> list[int]:
-        """Size of each node's message, in node order (the same in every round of a run;
-        nodes of different ranks send different sizes)."""
+    def message_bytes(self) -> list[list[int]]:
+        """Size of each node's message in each round of the algorithm's cycle, in node order
+        (nodes of different ranks send different sizes; rolora alternates B and A)."""
         sizes = {
             i: b
             for reply in self._on_every_host("message size", "message_bytes")
             for i, b in reply.items()
         }
-        return [int(sizes[i]) for i in range(len(sizes))]
+        return [[int(b) for b in sizes[i]] for i in range(len(sizes))]
 
     def snapshot(self) -> dict[int, tuple[dict, dict]]:
         """Every node's private state (parameters, optimizer, sampler), for a checkpoint."""

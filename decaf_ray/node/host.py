@@ -308,15 +308,18 @@ class Host:
         message = self.outgoing(adapter, node, round_idx)
         return TrainResult(loss, time.perf_counter() - t0, adapter, message)
 
-    def message_bytes(self) -> dict[int, int]:
-        """Size of each node's message: the same in every round, set by the node's rank, so
-        one message of each rank is measured."""
-        by_rank: dict[int, int] = {}
+    def message_bytes(self) -> dict[int, list[int]]:
+        """Size of each node's message in rounds 1..P of the algorithm's cycle (P its
+        ``message_period``): set by the node's rank and the round, so one node of each rank
+        is measured."""
+        rounds = range(1, self.algorithm.message_period + 1)
+        by_rank: dict[int, list[int]] = {}
         sizes = {}
         for i in sorted(self.nodes):
             rank = node_rank(self.spec.model, self.run.seed, i)
             if rank not in by_rank:
-                by_rank[rank] = self.outgoing(self.adapter(i)).nbytes
+                adapter = self.adapter(i)
+                by_rank[rank] = [self.outgoing(adapter, round_idx=t).nbytes for t in rounds]
             sizes[i] = by_rank[rank]
         return sizes
 

@@ -110,8 +110,9 @@ class HostService:
         """Which machine and device this host runs on (recorded in placement.json)."""
         return {**self.store.where(), "device": str(self.host.device), "pid": os.getpid()}
 
-    def message_bytes(self) -> dict[int, int]:
-        """Size of each of this host's nodes' messages (the same in every round)."""
+    def message_bytes(self) -> dict[int, list[int]]:
+        """Size of each of this host's nodes' messages in each round of the algorithm's cycle
+        (:meth:`Host.message_bytes`)."""
         return self.host.message_bytes()
 
     def states(self, node_ids: list[int]) -> dict[int, Part]:

@@ -10,7 +10,6 @@ collects every step at once (small runs and tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from decaf_ray.virtual.churn import active_table, rejoining
@@ -18,7 +17,7 @@ from decaf_ray.virtual.compute import COMPUTE_MODELS, read_trace, step_seconds
 from decaf_ray.virtual.des import AsyncPlanner, plan_async
 from decaf_ray.virtual.events import Event, EventQueue
 from decaf_ray.virtual.graphs import DYNAMIC_GRAPHS, graph_at, mixing_at
-from decaf_ray.virtual.links import LinkModel, LossModel, loss_table, parse_link
+from decaf_ray.virtual.links import LinkModel, LossModel, MessageSizes, loss_table, parse_link
 from decaf_ray.virtual.plan import Plan, Receipt, Step, SyncPlanner, plan_sync
 from decaf_ray.virtual.stragglers import straggler_factors
 from decaf_ray.virtual.stream import PlanStream, last_round_of, make_planner
@@ -28,11 +27,11 @@ if TYPE_CHECKING:
     from decaf_ray.config import ScheduleConfig
 
 
-def make_plan(world: World, mode: str, nbytes: float | Sequence[float], s: ScheduleConfig) -> Plan:
+def make_plan(world: World, mode: str, nbytes: MessageSizes, s: ScheduleConfig) -> Plan:
     """Every step of ``mode``'s plan (sync, deadline, async, bounded) for ``world``, and every
-    event; ``nbytes`` is the size of a message, one for every node or one per node (it sets
-    link delays); ``s`` supplies the mode's options. O(n T) memory: a run streams its plan
-    instead (:class:`PlanStream`)."""
+    event; ``nbytes`` is the size of a message (:data:`MessageSizes`: one for every node, one
+    per node, or per node and round of a cycle; it sets link delays); ``s`` supplies the
+    mode's options. O(n T) memory: a run streams its plan instead (:class:`PlanStream`)."""
     events: list = []
     planner = make_planner(world, mode, nbytes, s, events)
     steps = {(st.node, st.round_idx): st for batch in planner.batches() for st in batch}
@@ -51,6 +50,7 @@ __all__ = [
     "Event",
     "EventQueue",
     "LinkModel",
+    "MessageSizes",
     "Plan",
     "Receipt",
     "Step",

@@ -32,10 +32,11 @@ Every scan is over a node's neighbours (O(degree)), never over all n nodes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from decaf_ray.virtual.churn import rejoining
 from decaf_ray.virtual.events import EventQueue
+from decaf_ray.virtual.links import MessageSizes
 from decaf_ray.virtual.plan import Plan, Step, rejoin_receipts, weighted
 from decaf_ray.virtual.world import World
 
@@ -52,7 +53,7 @@ class AsyncPlanner:
     def __init__(
         self,
         world: World,
-        nbytes: float | Sequence[float],
+        nbytes: MessageSizes,
         staleness: int | None = None,
         rejoin: str = "stale",
         missing: str = "renormalise",
@@ -238,12 +239,13 @@ class AsyncPlanner:
         elif ev.kind == "publish":
             self.published[i] = t
             self._ref(self.message_refs, (i, t), +1)  # read by its own combine
+            delay = self.delay[i][(t - 1) % len(self.delay[i])]  # i's message of round t
             for k in world.neighbours(t).receivers(i):
                 if not self.away[k] and not self.finished[k]:
                     self.started[(i, t)][2] += 1
                     self.inflight[k].setdefault(i, []).append(t)
                     self._ref(self.message_refs, (i, t), +1)
-                    q.push(now + self.delay[i], _ARRIVE, "arrive", k, t, (i, now))
+                    q.push(now + delay, _ARRIVE, "arrive", k, t, (i, now))
             q.push(now, _COMBINE, "combine_due", i, t)
             self._retry(q, now, i)
         elif ev.kind == "arrive":

@@ -1,7 +1,8 @@
 """Links: message delay and loss.
 
 Delay of a message of b bytes: ``latency_s + b / bandwidth_bytes_s`` (no bandwidth: infinite);
-b is the sender's message size, so nodes of different ranks send at different speeds.
+b is the sender's message size in that round, so nodes of different ranks (and rolora's
+rounds of B and of A) take different times.
 Loss: each message j -> i of round t is lost independently with probability p_ji (one global p,
 overridden per undirected link). The draws are fixed by the seed, so whether a message is lost
 never depends on the order in which events are processed: message (t, j, i) is lost when
@@ -18,18 +19,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# a message's size in bytes: one for all nodes, one per node, or per node and round of a cycle
+MessageSizes = float | Sequence[float] | Sequence[Sequence[float]]
+
 
 @dataclass(frozen=True)
 class LinkModel:
     latency_s: float = 0.0
     bandwidth_bytes_s: float | None = None
 
-    def delays_s(self, nbytes: float | Sequence[float], n: int) -> np.ndarray:
-        """(n,) delay of each node's messages, latency + bytes / bandwidth: ``nbytes`` is one
-        size for every node or one per node (heterogeneous ranks send different sizes)."""
-        sizes = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), (n,))
+    def delays_s(self, nbytes: MessageSizes, n: int) -> np.ndarray:
+        """(n, P) delay, latency + bytes / bandwidth, of each node's messages in the rounds of
+        a cycle of P (column c: rounds c + 1, c + 1 + P, ...). ``nbytes`` is one size for every
+        node and round, one per node (heterogeneous ranks), or one row of P sizes per node
+        (rolora sends B in odd rounds and A in even ones)."""
+        sizes = np.asarray(nbytes, dtype=np.float64)
+        if sizes.ndim < 2:
+            sizes = np.broadcast_to(sizes, (n,))[:, None]
+        sizes = np.broadcast_to(sizes, (n, sizes.shape[1]))
         if not self.bandwidth_bytes_s:
-            return np.full(n, float(self.latency_s))
+            return np.full(sizes.shape, float(self.latency_s))
         return self.latency_s + sizes / self.bandwidth_bytes_s
 
 

@@ -28,13 +28,14 @@ counts one meaning, so that with staleness 0 and equal speeds they give identica
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from decaf_ray.virtual.churn import rejoining
+from decaf_ray.virtual.links import MessageSizes
 from decaf_ray.virtual.world import World
 
 
@@ -152,7 +153,7 @@ class SyncPlanner:
     def __init__(
         self,
         world: World,
-        nbytes: float | Sequence[float],
+        nbytes: MessageSizes,
         deadline_s: float | None = None,
         rejoin: str = "stale",
         missing: str = "renormalise",
@@ -197,7 +198,7 @@ class SyncPlanner:
                     if i not in trained:
                         continue  # absent nodes neither send nor receive
                     sent[j] += 1
-                    arrive = trained[j] + delay[j]
+                    arrive = trained[j] + delay[j][(t - 1) % len(delay[j])]
                     ends.append(arrive)
                     if world.is_lost(t, j, i) or arrive > limit:
                         dropped[i] += 1
@@ -236,7 +237,7 @@ class SyncPlanner:
 
 def plan_sync(
     world: World,
-    nbytes: float | Sequence[float],
+    nbytes: MessageSizes,
     deadline_s: float | None = None,
     rejoin: str = "stale",
     missing: str = "renormalise",

@@ -14,12 +14,12 @@ order), and the steps of one batch are all made before ``settled`` is asked agai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from decaf_ray.virtual.des import AsyncPlanner
+from decaf_ray.virtual.links import MessageSizes
 from decaf_ray.virtual.plan import Step, SyncPlanner
 from decaf_ray.virtual.world import World
 
@@ -40,13 +40,13 @@ class Planner(Protocol):
 def make_planner(
     world: World,
     mode: str,
-    nbytes: float | Sequence[float],
+    nbytes: MessageSizes,
     s: ScheduleConfig,
     events: list | None = None,
 ) -> Planner:
     """The planner of ``mode`` (sync, deadline, async, bounded) for ``world``; ``nbytes`` is
-    the size of a message, one for every node or one per node (it sets each sender's link
-    delay); ``s`` supplies the mode's options."""
+    the size of a message (:data:`MessageSizes`; it sets each sender's link delay); ``s``
+    supplies the mode's options."""
     if mode in ("sync", "deadline"):
         deadline = s.deadline_s if mode == "deadline" else None
         return SyncPlanner(world, nbytes, deadline, s.rejoin, s.missing, s.time_budget_s, events)
@@ -77,9 +77,7 @@ def last_round_of(world: World, mode: str, budget_s: float | None) -> int | None
 class PlanStream:
     """``world``'s plan in ``mode``, made as the executor asks for it."""
 
-    def __init__(
-        self, world: World, mode: str, nbytes: float | Sequence[float], s: ScheduleConfig
-    ) -> None:
+    def __init__(self, world: World, mode: str, nbytes: MessageSizes, s: ScheduleConfig) -> None:
         self.rounds = world.rounds
         self.planner = make_planner(world, mode, nbytes, s)
         self._batches = self.planner.batches()
