@@ -384,3 +384,22 @@ def test_weights_sum_to_one_when_the_node_has_no_self_weight(missing):
     assert alone == {0: 1.0}
     full = {r.sender: r.weight for r in weighted(row, 0, [own, one, (4, 1, 0.0, 0.0)], missing)}
     assert full == {0: 0.0, 1: 0.5, 4: 0.5}  # everything arrived: Pi's row as is
+
+
+def test_bounded_zero_does_not_wait_for_a_round_its_neighbour_skipped():
+    """Churn with latency: a node back from an away round has no message of that round, so
+    bounded s = 0 combines when sync does instead of a round later. Only the returning node's
+    own start differs (it is back when its away time ends, not at sync's barrier)."""
+    cfg, world = _world("ring", 6, 5, "uniform", churn=[[1, 2, 3], [4, 3, 4]], latency_s=0.5)
+    sync = make_plan(world, "sync", 1e5, cfg.schedule)
+    bounded = make_plan(world, "bounded", 1e5, replace(cfg.schedule, mode="bounded", staleness=0))
+    assert sorted(sync.steps) == sorted(bounded.steps)
+    back = {(1, 3), (4, 4)}
+    for key, st in sync.steps.items():
+        other = bounded.steps[key]
+        assert other.combine_s == st.combine_s, key
+        assert [(r.sender, r.sender_round, r.weight) for r in other.inbox] == [
+            (r.sender, r.sender_round, r.weight) for r in st.inbox
+        ], key
+        if key not in back:
+            assert (other.start_s, other.trained_s) == (st.start_s, st.trained_s), key

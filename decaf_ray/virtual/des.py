@@ -73,6 +73,7 @@ class AsyncPlanner:
         self.holders: list[set[int]] = [set() for _ in range(n)]  # j -> {i: j in held[i]}
         self.inflight: list[dict[int, list[int]]] = [{} for _ in range(n)]  # i -> {j: [r]}
         self.published = [0] * n
+        self.passed = [0] * n  # latest round each node published or skipped (away)
         self.combined = [(0, 0.0)] * n  # node -> (round, time) of its latest combine
         self.away = [False] * n
         self.finished = [False] * n
@@ -134,7 +135,8 @@ class AsyncPlanner:
             lag = max(lag, t - self.published[j])
             pending = self.inflight[i].get(j, [])
             if s is not None and (
-                self.published[j] < min(t - s, T) or any(r <= t - s for r in pending)
+                max(self.published[j], self.passed[j]) < min(t - s, T)
+                or any(r <= t - s for r in pending)
             ):
                 return False, lag
         return True, lag
@@ -219,6 +221,7 @@ class AsyncPlanner:
                 for k in list(self.holders[i]):
                     self._drop_held(k, i)  # neighbours forget a node that left
                 self._advance(i, t)  # no step in round t
+                self.passed[i] = t  # nor a message: nobody waits for it once it is back
                 q.push(now + float(world.compute_s[i, t - 1]), _BEGIN, "begin", i, t + 1)
                 self._retry(q, now, i)  # neighbours waiting on i stop waiting
                 return
