@@ -194,8 +194,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny,
     changed config is refused by name, a finished run is left alone, and growing
     train.rounds extends the run to what a longer run gives. Only the killed run has a
     process and a Ray of its own: the rest runs here, on the session's warm hosts, through
-    ``decaf-ray resume``'s own code (``main``; ``runner.resume`` given the pool)."""
-    cfg = tiny_config(train__rounds=5, checkpoint__every=2, schedule__debug_sleep_s={0: 0.4})
+    ``decaf-ray resume``'s own code (``main``; ``runner.resume`` given the pool). Random
+    compute times and churn: the longer run must keep the first rounds' draws."""
+    drawn = dict(schedule__compute="lognormal", schedule__churn_p=0.2)
+    cfg = tiny_config(
+        train__rounds=5, checkpoint__every=2, schedule__debug_sleep_s={0: 0.4}, **drawn
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     out = tmp_path / "out"
     proc = _cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress")
@@ -208,7 +212,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, run_tiny,
     assert checkpoint.saved_rounds(out) == [2]
     assert read_metrics(out / "metrics.parquet")["round"].max() < 5
 
-    longer = comparable(run_tiny(train__rounds=6, checkpoint__every=2))  # every round is
+    longer = comparable(run_tiny(train__rounds=6, checkpoint__every=2, **drawn))  # every round is
     first5 = longer[longer["round"] <= 5].reset_index(drop=True)  # evaluated: a prefix
     capsys.readouterr()
     started = (out / "config.yaml").stat().st_mtime_ns

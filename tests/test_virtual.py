@@ -403,3 +403,14 @@ def test_bounded_zero_does_not_wait_for_a_round_its_neighbour_skipped():
         ], key
         if key not in back:
             assert (other.start_s, other.trained_s) == (st.start_s, st.trained_s), key
+
+
+@pytest.mark.parametrize("model", ["lognormal", "pareto"])
+def test_random_draws_of_more_rounds_keep_the_first_rounds(model):
+    """A resumed run may grow train.rounds: the longer world must plan the rounds already run
+    exactly as the shorter one did (compute times and random churn drawn round by round)."""
+    short, long = step_seconds(model, 7, 5, seed=3), step_seconds(model, 7, 9, seed=3)
+    assert np.array_equal(long[:, :5], short)
+    assert not np.array_equal(long[:, 5:], long[:, :4])  # later rounds are fresh draws
+    a, b = (active_table(7, r, p_leave=0.3, down_rounds=2, seed=3) for r in (5, 9))
+    assert np.array_equal(b[:, :5], a) and not a.all()

@@ -30,7 +30,7 @@ def active_table(
         active[node, max(leave, 1) - 1 : max(rejoin, 1) - 1] = False
     if p_leave > 0:
         rng = np.random.default_rng(seed)
-        draws = rng.random((n, rounds))
+        draws = rng.random((rounds, n)).T  # round by round: more rounds keep the first ones
         for i in range(n):
             t = 0
             while t < rounds:

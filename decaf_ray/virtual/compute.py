@@ -63,7 +63,9 @@ def step_seconds(
     trace_path: str | Path | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """(n, rounds) virtual seconds per local step under the named compute model."""
+    """(n, rounds) virtual seconds per local step under the named compute model. Random
+    models draw round after round (all of round 1's nodes, then round 2's), so a run with
+    more rounds has the same first rounds: a resumed run may extend ``train.rounds``."""
     rng = np.random.default_rng(seed)
     if model == "constant":
         return np.full((n, rounds), float(base_s))
@@ -73,12 +75,12 @@ def step_seconds(
             raise ValueError(f"schedule.factors has {f.size} values for {n} nodes")
         return base_s * np.repeat(f[:, None], rounds, axis=1)
     if model == "lognormal":
-        z = rng.standard_normal((n, rounds))
+        z = rng.standard_normal((rounds, n)).T
         return base_s * np.exp(sigma * z - 0.5 * sigma**2)
     if model == "pareto":
         if alpha <= 1.0:
             raise ValueError(f"pareto alpha={alpha} must exceed 1 (finite mean)")
-        x = 1.0 + rng.pareto(alpha, size=(n, rounds))  # classic Pareto, x_m = 1
+        x = 1.0 + rng.pareto(alpha, size=(rounds, n)).T  # classic Pareto, x_m = 1
         return base_s * (alpha - 1.0) / alpha * x
     if model == "trace":
         if trace_path is None:
