@@ -142,6 +142,42 @@ def test_saved_adapters_load_in_peft_and_give_the_logged_evaluation(pool, tmp_pa
         assert got["loss"] == pytest.approx(last[node], rel=1e-5), name
 
 
+def test_an_adapter_of_mixed_module_ranks_saves_as_one_peft_rank(tmp_path):
+    """The network average keeps some shape groups factored and multiplies others out, so
+    its modules can differ in rank; peft has one r, so the saved folder pads them and still
+    scores what the host evaluated."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+
+    from conftest import host_of
+    from decaf_ray.algorithms import Adapter
+    from decaf_ray.node.model import _architecture
+    from decaf_ray.node.state import to_device
+    from decaf_ray.node.tasks import Classify
+
+    cfg = tiny_config()
+    host, prep = host_of(cfg)
+    own = host.adapter(0)
+    rng = np.random.default_rng(0)
+    mods = own.modules
+    wide = {m: 3 if k == 0 else 1 for k, m in enumerate(mods)}  # first module 3x the rank
+    A = {m: rng.standard_normal((wide[m] * a.shape[0], a.shape[1])).astype(np.float32) * 0.1
+         for m, a in own.A.items()}  # fmt: skip
+    B = {m: rng.standard_normal((b.shape[0], wide[m] * b.shape[1])).astype(np.float32) * 0.1
+         for m, b in own.B.items()}  # fmt: skip
+    mixed = Adapter(A=A, B=B, extra=own.extra)
+    assert len({a.shape[0] for a in mixed.A.values()}) == 2
+    want = host.evaluate_adapter(mixed)
+    for name, data in host.adapter_files(mixed).items():
+        (tmp_path / name).write_bytes(data)
+    torch.manual_seed(0)  # the host's random tiny base is drawn from seed 0
+    base = _architecture(cfg.model, "classify", prep.num_labels).make(True)
+    model = PeftModel.from_pretrained(base, str(tmp_path))
+    got = Classify(prep.num_labels).evaluate(model, to_device(prep.eval_set, "cpu"), 64)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
 def test_save_nodes_adds_those_nodes_adapters_to_the_average(tmp_path, pool):
     from decaf_ray.runner import run_one
 

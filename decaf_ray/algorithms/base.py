@@ -85,6 +85,17 @@ def pad_rank(x: np.ndarray, part: str, rank: int) -> np.ndarray:
     return np.pad(x, widths)
 
 
+def one_rank(adapter: Adapter) -> Adapter:
+    """``adapter`` with every module zero-padded to the largest rank among them (the
+    products are unchanged): peft builds all of a model's LoRA layers at one rank ``r``."""
+    rank = max((a.shape[0] for a in adapter.A.values()), default=0)
+    return Adapter(
+        A={m: pad_rank(a, "A", rank) for m, a in adapter.A.items()},
+        B={m: pad_rank(b, "B", rank) for m, b in adapter.B.items()},
+        extra=adapter.extra,
+    )
+
+
 def mix_to_rank(
     w: Sequence[float] | np.ndarray, factors: Sequence[np.ndarray], part: str, rank: int
 ) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from decaf_ray.algorithms import Adapter, Inbox, make_algorithm, pack_adapter
+from decaf_ray.algorithms.base import one_rank
 from decaf_ray.config import AlgorithmConfig, ExchangeConfig, ModelConfig, RunConfig, TrainConfig
 from decaf_ray.data import Shard
 from decaf_ray.math.compress import public_step
@@ -424,12 +425,14 @@ class Host:
         """``adapter`` as the files of a peft adapter folder (adapter_model.safetensors,
         adapter_config.json) for this base model. A wider adapter (the network average, rank
         n r) is saved with its own rank and an alpha that keeps the layers' scaling, so
-        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model. After FLoRA's
-        merges the adapter also carries the merged update (on the pretrained base), exactly
-        and densely (:meth:`MergedBase.widened`)."""
+        ``PeftModel.from_pretrained`` rebuilds exactly the evaluated model; modules of
+        different ranks (the average's dense and factored shape groups) are zero-padded to
+        the largest, as peft has one ``r``. After FLoRA's merges the adapter also carries the
+        merged update (on the pretrained base), exactly and densely
+        (:meth:`MergedBase.widened`)."""
         import tempfile
 
-        adapter = self.merged.widened(adapter)
+        adapter = one_rank(self.merged.widened(adapter))
         self._install(adapter)
         conf = self.model.peft_config["default"]
         saved = (conf.r, conf.lora_alpha)

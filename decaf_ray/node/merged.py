@@ -73,9 +73,10 @@ class MergedBase:
 
     def widened(self, adapter: Adapter) -> Adapter:
         """``adapter`` with the merged update in front, exactly: per module B' = [D / scaling,
-        B] (d, k + r) and A' = [I_k; A] (k + r, k), zero-padded to one rank for every module,
-        so B' A' scaling = D + B A scaling on the pretrained base. Unchanged if nothing is
-        merged. (Its size is about two d x k matrices per module: the merged model is dense.)"""
+        B] (d, k + r) and A' = [I_k; A] (k + r, k), so B' A' scaling = D + B A scaling on the
+        pretrained base (modules of different k get different ranks: ``one_rank`` pads them).
+        Unchanged if nothing is merged. (Its size is about two d x k matrices per module: the
+        merged model is dense.)"""
         if not self.delta:
             return adapter
         A, B = {}, {}
@@ -85,9 +86,6 @@ class MergedBase:
             D = (D / layer.scaling["default"]).numpy()  # (d, k)
             A[m] = np.concatenate([np.eye(D.shape[1]), adapter.A[m]]).astype(np.float32)
             B[m] = np.concatenate([D, adapter.B[m]], axis=1).astype(np.float32)
-        rank = max(a.shape[0] for a in A.values())
-        A = {m: np.pad(a, ((0, rank - a.shape[0]), (0, 0))) for m, a in A.items()}
-        B = {m: np.pad(b, ((0, 0), (0, rank - b.shape[1]))) for m, b in B.items()}
         return Adapter(A=A, B=B, extra=adapter.extra)
 
     def reset(self) -> None:
