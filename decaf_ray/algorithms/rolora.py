@@ -6,7 +6,9 @@ the trained factor on a server: the frozen one is the same on every node (the sh
 then the server's broadcast), so the mean factor times it is exactly the mean update and
 aggregation has no interference. ``drolora`` gossips on the graph: the trained factor only
 (``algorithm.rolora_mix: trained``), or both (``both``, ADF-LoRA style); there the frozen
-factor drifts apart between nodes, and the interference is logged as for dlora.
+factor drifts apart between nodes. The interference is logged as for dlora, from what
+arrives: with ``trained`` the messages lack the neighbours' frozen factors, so it reads 0
+(the gap sum_j w_j B_j A_j - B_bar A_i that their drift causes is not visible to the node).
 """
 
 from __future__ import annotations
