@@ -414,3 +414,24 @@ def test_random_draws_of_more_rounds_keep_the_first_rounds(model):
     assert not np.array_equal(long[:, 5:], long[:, :4])  # later rounds are fresh draws
     a, b = (active_table(7, r, p_leave=0.3, down_rounds=2, seed=3) for r in (5, 9))
     assert np.array_equal(b[:, :5], a) and not a.all()
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.3])
+def test_a_departed_nodes_messages_are_forgotten_however_late_they_arrive(latency):
+    """async: node 2 (fast) publishes round 1 at 0.5 and leaves; node 1 combines round 1 at
+    1.0. Its message is forgotten whether it arrived before the departure or after it."""
+    import networkx as nx
+
+    from decaf_ray.virtual.links import LossModel
+    from decaf_ray.virtual.world import RoundMixings, World
+
+    n, T = 3, 4
+    Pi = mixing_matrix(nx.path_graph(n), "metropolis_hastings")
+    compute = np.ones((n, T))
+    compute[2] = 0.5
+    active = active_table(n, T, [[2, 2, 4]])  # node 2 away in rounds 2 and 3
+    world = World(compute, LinkModel(latency_s=latency), LossModel(n), active, RoundMixings(Pi, T))
+    step = make_plan(world, "async", 0.0, tiny_config().schedule).steps[(1, 1)]
+    assert step.combine_s == 1.0
+    assert 2 not in {rc.sender for rc in step.inbox}
+    assert sum(rc.weight for rc in step.inbox) == pytest.approx(1.0)

@@ -16,12 +16,14 @@ losses and latency included (tested); so is ``async`` without losses and latency
 equal times publications and arrivals are processed before combines.
 
 Nothing is sent to a node that is away or has stopped; a message already on its way when its
-receiver leaves is dropped, and a node's neighbours forget the messages they held from it when
-it leaves. A node away in round t spends c_i(t) away and neither sends nor combines; on return
-it starts from its own stale state or, with ``rejoin="neighbours"``, from the renormalised mix
-of its present neighbours' current states (their latest combine; see :mod:`.plan` for the
-meaning of ``sent``, ``dropped`` and a rejoin, shared with ``plan_sync``). The rejoin is
-decided after every round start at that instant, so it sees who else is back.
+receiver leaves is dropped, and a node's neighbours forget its messages when it leaves: those
+they held then and those still on their way to them (so latency never lets more of a departed
+node's information through). A node away in round t spends c_i(t) away and neither sends nor
+combines; on return it starts from its own stale state or, with ``rejoin="neighbours"``, from
+the renormalised mix of its present neighbours' current states (their latest combine; see
+:mod:`.plan` for the meaning of ``sent``, ``dropped`` and a rejoin, shared with
+``plan_sync``). The rejoin is decided after every round start at that instant, so it sees who
+else is back.
 
 The planner yields the steps of each event as it processes them (:meth:`AsyncPlanner.batches`)
 and keeps only what is in flight: per node the messages it holds and awaits, and reference
@@ -76,6 +78,7 @@ class AsyncPlanner:
         self.passed = [0] * n  # latest round each node published or skipped (away)
         self.combined = [(0, 0.0)] * n  # node -> (round, time) of its latest combine
         self.away = [False] * n
+        self.left_s = [-float("inf")] * n  # when each node last left (churn)
         self.finished = [False] * n
         self.started: dict[tuple[int, int], list] = {}  # (i, t) -> [start, trained, sent, back]
         self.dropped = [0] * n
@@ -217,7 +220,7 @@ class AsyncPlanner:
                 self._retry(q, now, i)  # nobody waits for a node that has stopped
                 return
             if not world.active[i, t - 1]:
-                self.away[i] = True
+                self.away[i], self.left_s[i] = True, now
                 for k in list(self.holders[i]):
                     self._drop_held(k, i)  # neighbours forget a node that left
                 self._advance(i, t)  # no step in round t
@@ -259,6 +262,8 @@ class AsyncPlanner:
                 self.dropped[i] += 1
             elif self.finished[i]:
                 pass  # a node that has stopped combines no more: keeping it changes nothing
+            elif sent_s <= self.left_s[j]:
+                pass  # its sender has left since: forgotten, as the ones held when it left
             elif j not in self.held[i] or self.held[i][j][0] < t:
                 self._hold(i, j, (t, sent_s, now))
             self._retry(q, now, i, itself=True)
