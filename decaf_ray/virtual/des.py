@@ -63,7 +63,8 @@ class AsyncPlanner:
         events: list | None = None,
     ) -> None:
         n = world.n
-        self.world, self.delay = world, world.link.delays_s(nbytes, n).tolist()  # per sender
+        delays = world.link.delays_s(nbytes, n)  # (n, cycle): per sender and round
+        self.world, self.delay, self.cycle = world, delays.tolist(), delays.shape[1]
         self.staleness, self.rejoin, self.missing, self.budget_s = (
             staleness,
             rejoin,
@@ -245,7 +246,7 @@ class AsyncPlanner:
         elif ev.kind == "publish":
             self.published[i] = t
             self._ref(self.message_refs, (i, t), +1)  # read by its own combine
-            delay = self.delay[i][(t - 1) % len(self.delay[i])]  # i's message of round t
+            delay = self.delay[i][(t - 1) % self.cycle]  # i's message of round t
             for k in world.neighbours(t).receivers(i):
                 if not self.away[k] and not self.finished[k]:
                     self.started[(i, t)][2] += 1

@@ -160,7 +160,7 @@ class SyncPlanner:
         budget_s: float | None = None,
         events: list | None = None,
     ) -> None:
-        self.world, self.delay = world, world.link.delays_s(nbytes, world.n).tolist()  # per sender
+        self.world, self.delay = world, world.link.delays_s(nbytes, world.n)  # (n, cycle)
         self.deadline_s, self.rejoin, self.missing, self.budget_s = (
             deadline_s,
             rejoin,
@@ -186,6 +186,7 @@ class SyncPlanner:
             if self.budget_s is not None and T0 >= self.budget_s:
                 break  # the time budget is spent: no new round starts
             nb, present = world.neighbours(t), world.active[:, t - 1]
+            delay_t = delay[:, (t - 1) % delay.shape[1]].tolist()  # each sender's, this round
             trained = {i: T0 + float(world.compute_s[i, t - 1]) for i in np.flatnonzero(present)}
             trained = {int(i): c for i, c in trained.items()}
             ends = list(trained.values())
@@ -198,7 +199,7 @@ class SyncPlanner:
                     if i not in trained:
                         continue  # absent nodes neither send nor receive
                     sent[j] += 1
-                    arrive = trained[j] + delay[j][(t - 1) % len(delay[j])]
+                    arrive = trained[j] + delay_t[j]
                     ends.append(arrive)
                     if world.is_lost(t, j, i) or arrive > limit:
                         dropped[i] += 1
